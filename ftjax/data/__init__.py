@@ -1,0 +1,68 @@
+"""Input pipelines: grain over random-access sources, deterministic per seed, sharded per process.
+
+Train: source -> this process's shard -> shuffle (reshuffled every epoch) -> repeat -> per-example
+ops with a (seed, index) rng -> batch. The iterator's state is one integer, saved with checkpoints,
+so a resumed run sees exactly the batches an uninterrupted run would have.
+Eval: every example exactly once, the last batch padded and masked (`_mask`), the same number of
+batches on every process.
+"""
+import math
+
+import grain
+import numpy as np
+
+from ftjax.data import image_ops
+from ftjax.data.sources import get_source
+from ftjax.errors import UserError
+
+__all__ = ['get_source', 'train_iterator', 'eval_batches', 'local_batch_size']
+
+
+def local_batch_size(global_batch, process_count, what='input.batch_size'):
+  if global_batch % process_count:
+    raise UserError(f'{what}={global_batch} is not divisible by the {process_count} processes')
+  return global_batch // process_count
+
+
+def _examples(src, pp, seed, process_index, process_count):
+  ds = grain.MapDataset.source(src)
+  if process_count > 1:
+    ds = ds[process_index::process_count]
+  return ds, lambda d: d.random_map(lambda ex, rng: _fix(pp(ex, rng)), seed=seed)
+
+
+def _fix(ex):
+  ex = dict(ex)
+  if 'label' in ex:
+    ex['label'] = np.int32(ex['label'])
+  return ex
+
+
+def train_iterator(cfg, seed, process_index=0, process_count=1):
+  """Returns (grain iterator with get_state/set_state, number of train examples in all processes)."""
+  src = get_source(cfg.dataset, cfg.train_split, cfg.data_dir)
+  bs = local_batch_size(cfg.batch_size, process_count)
+  ds, with_pp = _examples(src, image_ops.parse(cfg.pp_train), seed + 1, process_index, process_count)
+  if len(ds) < bs:
+    raise UserError(f'train split {cfg.train_split!r} of {cfg.dataset!r} has {len(ds)} examples per process, '
+                    f'fewer than the per-process batch of {bs}')
+  ds = with_pp(ds.shuffle(seed=seed).repeat(None)).batch(bs, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch))
+  return iter(it), len(src)
+
+
+def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1):
+  """Yields local batches with a float `_mask` (0 = padding). Same batch count on every process."""
+  src = get_source(cfg.dataset, split, cfg.data_dir)
+  bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
+  ds, with_pp = _examples(src, image_ops.parse(pp_spec), 0, process_index, process_count)
+  ds = with_pp(ds)
+  n_batches = math.ceil(math.ceil(len(src) / process_count) / bs)
+  for b in range(n_batches):
+    items = [ds[i] for i in range(b * bs, min((b + 1) * bs, len(ds)))]
+    n = len(items)
+    template = items[0] if items else ds[0]
+    items += [template] * (bs - n)
+    batch = {k: np.stack([it[k] for it in items]) for k in template}
+    batch['_mask'] = (np.arange(bs) < n).astype(np.float32)
+    yield batch

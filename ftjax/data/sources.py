@@ -1,0 +1,165 @@
+"""Random-access sources: TFDS (array_record), local .npz, image folders, generated data.
+
+A source has `len()` and `[i] -> {'image': uint8 HxWxC, 'label': int}`; grain does the rest.
+Every failure to find or read data is a UserError that names the dataset and how to fix it.
+"""
+import contextlib
+import fcntl
+import os
+import re
+import zlib
+
+import numpy as np
+
+from ftjax.data import image_ops
+from ftjax.errors import UserError
+
+EMBEDDED = ('ftjax_digits',)       # TFDS builders of ours, built on first use
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
+_SLICE = re.compile(r'^(?P<name>[^\[\]]+)(\[(?P<lo>-?\d*%?):(?P<hi>-?\d*%?)\])?$')
+
+
+def _slice_bounds(n, lo, hi):
+  def pos(s, default):
+    if not s:
+      return default
+    v = int(s.rstrip('%'))
+    v = round(n * v / 100) if s.endswith('%') else v
+    return v + n if v < 0 else v
+  return max(0, pos(lo, 0)), min(n, pos(hi, n))
+
+
+class ArraySource:
+  """In-memory images + labels (npz files, generated data)."""
+
+  def __init__(self, images, labels):
+    self.images, self.labels = images, labels
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {'image': self.images[i], 'label': int(self.labels[i])}
+
+
+class FolderSource:
+  """root/<class_name>/<image file>; classes sorted by name give label ids."""
+
+  def __init__(self, root):
+    self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    self.files = [(os.path.join(root, c, f), k) for k, c in enumerate(self.classes)
+                  for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_EXTS)]
+    if not self.files:
+      raise UserError(f'image folder {root!r} has no <class>/<image> files ({", ".join(IMAGE_EXTS)})')
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    from PIL import Image
+    path, label = self.files[i]
+    with Image.open(path) as im:
+      return {'image': np.asarray(im.convert('RGB')), 'label': label}
+
+
+class SlicedSource:
+  def __init__(self, src, lo, hi):
+    self.src, self.lo, self.n = src, lo, max(0, hi - lo)
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return self.src[self.lo + i]
+
+
+def _load_npz(path):
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      keys = set(z.files)
+      img_key = next((k for k in ('images', 'image', 'x') if k in keys), None)
+      lab_key = next((k for k in ('labels', 'label', 'y') if k in keys), None)
+      if img_key is None or lab_key is None:
+        raise UserError(f'{path}: expected arrays "images" and "labels", found {sorted(keys)}')
+      images, labels = z[img_key], z[lab_key]
+  except (OSError, ValueError) as e:
+    raise UserError(f'cannot read {path}: {e}') from None
+  if len(images) != len(labels):
+    raise UserError(f'{path}: "{img_key}" has {len(images)} rows but "{lab_key}" has {len(labels)}; '
+                    'they must have one label per image')
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise UserError(f'{path}: "{img_key}" must be uint8 N x H x W [x C], got {images.dtype} {images.shape}')
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f'{path}: "{lab_key}" must be a 1-D integer array, got {labels.dtype} {labels.shape}')
+  return ArraySource(images[..., None] if images.ndim == 3 else images, labels)
+
+
+def synthetic(n=256, size=32, channels=3, classes=10, seed=0):
+  """Generated images whose class sets the position of a bright band: learnable, no files."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % classes
+  images = rng.integers(0, 96, size=(n, size, size, channels), dtype=np.uint8)
+  band = max(1, size // classes)
+  for c in range(classes):
+    lo = (c * size) // classes
+    images[labels == c, lo:lo + band] += 128
+  return ArraySource(images, labels)
+
+
+@contextlib.contextmanager
+def _lock(path):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)   # one process builds, the others wait and then read
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _tfds_source(name, split, data_dir):
+  import tensorflow_datasets as tfds
+  from ftjax.data import digits  # noqa: F401  registers the embedded builder
+  data_dir = data_dir or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError and friends
+    raise UserError(f'dataset {name!r}: not a TFDS dataset, nor an existing .npz file or image folder '
+                    f'({type(e).__name__}: {str(e).splitlines()[0]})') from None
+  if not builder.is_prepared():
+    if name in EMBEDDED:
+      with _lock(os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), f'.{name}.lock')):
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+          builder.download_and_prepare(file_format='array_record')
+    else:
+      raise UserError(
+          f'dataset {name!r} is not prepared in {builder.data_dir}; prepare it once with '
+          f'`tfds build {name} --data_dir={data_dir or "~/tensorflow_datasets"} --file_format=array_record` '
+          '(some datasets need manual downloads; see the TFDS catalog), or set --config.input.data_dir')
+  try:
+    return builder.as_data_source(split=split)
+  except Exception as e:
+    raise UserError(f'dataset {name!r} split {split!r}: {str(e).splitlines()[0]} '
+                    '(data sources need the array_record file format)') from None
+
+
+def get_source(dataset: str, split: str, data_dir: str = ''):
+  """dataset: TFDS name | path to .npz or folder (may contain '{split}') | 'synthetic(...)'."""
+  if not dataset:
+    raise UserError('config.input.dataset is empty; name a TFDS dataset, an .npz file or an image folder')
+  m = _SLICE.match(split.replace(' ', ''))
+  if not m:
+    raise UserError(f'bad split {split!r}: expected NAME or NAME[lo:hi] (ints or percents)')
+  if dataset.startswith('synthetic'):
+    _, args, kwargs = image_ops.parse_call(dataset)
+    src = synthetic(*args, **{'seed': zlib.crc32(m['name'].encode()), **kwargs})
+  elif dataset.endswith('.npz') or '/' in dataset or os.path.sep in dataset:
+    path = os.path.expanduser(dataset.replace('{split}', m['name']))
+    if not os.path.exists(path):
+      raise UserError(f'dataset path {path!r} (split {m["name"]!r}) does not exist')
+    src = _load_npz(path) if path.endswith('.npz') else FolderSource(path)
+  else:
+    return _tfds_source(dataset, split, data_dir)   # TFDS slices natively
+  lo, hi = _slice_bounds(len(src), m['lo'], m['hi'])
+  return src if (lo, hi) == (0, len(src)) else SlicedSource(src, lo, hi)

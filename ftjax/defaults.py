@@ -1,0 +1,66 @@
+"""Every key the trainer reads, with its default. Configs start from this and override.
+
+Keeping the full schema in one place means `--config.<key>=...` overrides are type-checked
+against a real default and an unknown key fails before any compute.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000        # optimizer updates; see num_epochs
+  c.num_epochs = -1.0         # > 0: overrides total_steps from the train split size
+  c.log_every = 50
+  c.mesh_shape = (-1,)        # -1: all remaining devices
+  c.mesh_axes = ('data',)
+
+  c.input = ml_collections.ConfigDict(dict(
+      dataset='',             # TFDS name, path to .npz / image folder ('{split}' is substituted), or synthetic(...)
+      data_dir='',            # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      train_split='train',
+      batch_size=128,         # global batch, all processes and devices together
+      pp_train='',            # preprocessing ops, e.g. 'random_crop(32, pad=4)|flip_lr|normalize'
+      pp_eval='',
+      num_threads=2,          # reader threads per process
+      prefetch=4,             # batches read ahead
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(name='', dtype='float32'))
+  c.task = ml_collections.ConfigDict(dict(name='classification', label_smoothing=0.0))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name='adamw',           # adamw | sgd | lamb | lars
+      lr=1e-3,
+      weight_decay=0.0,       # decoupled; never applied to biases or norm scales
+      b1=0.9, b2=0.999, eps=1e-8,
+      momentum=0.9, nesterov=False,   # sgd, lars
+      trust_coefficient=0.001,        # lars
+      clip_norm=0.0,          # global-norm clipping; 0 = off
+      accum_steps=1,          # split each batch into this many micro-batches, one update
+  ))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name='cosine',          # cosine | linear | constant (after warmup)
+      warmup_steps=0,
+      end_factor=0.0,         # final lr = lr * end_factor (cosine, linear)
+  ))
+
+  # name -> dict(type=..., split=..., every=..., batch_size=...). Metrics are logged as '<name>/<metric>'.
+  c.evals = ml_collections.ConfigDict()
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every=500,              # save every K steps (and at the end, and on SIGTERM/SIGINT)
+      keep=2,                 # latest checkpoints kept
+      best_metric='',         # e.g. 'eval/accuracy': also keep the best checkpoint by it
+      best_mode='max',
+      async_save=True,
+  ))
+  return c
+
+
+def eval_config(**kw) -> ml_collections.ConfigDict:
+  """An evaluator entry with its defaults filled in."""
+  e = ml_collections.ConfigDict(dict(type='classification', split='validation', every=0, batch_size=256,
+                                     pp=''))
+  e.update(kw)
+  return e

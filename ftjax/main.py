@@ -1,0 +1,65 @@
+"""Entry point: python -m ftjax.main --config=configs/X.py[:arg] --workdir=DIR [--config.key=value ...]
+
+Any mistake a user can fix (bad override, missing data, unwritable workdir) ends the run before any
+compute with one line on stderr, `ftjax: error: ...`, and exit status 2.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ftjax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Python config file, optionally with :arg', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the resolved config')
+
+
+def _fail(msg):
+  print(f'ftjax: error: {msg}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _parse(argv):
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except Exception as e:  # errors raised while loading the config file itself
+    _fail(f'{type(e).__name__}: {e}')
+  if FLAGS.config is None:
+    _fail('--config=configs/<file>.py[:arg] is required')
+  if not FLAGS.workdir:
+    _fail('--workdir=<dir> is required')
+  if len(rest) > 1:
+    _fail(f'unexpected arguments: {" ".join(rest[1:])}')
+  return rest
+
+
+def _enable_compilation_cache():
+  """Persist compiled XLA programs: reruns and resumes skip most compilation."""
+  import jax
+  path = os.environ.get('FTJAX_COMPILATION_CACHE', os.path.expanduser('~/.cache/ftjax/xla'))
+  if path and path != 'off':
+    jax.config.update('jax_compilation_cache_dir', path)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  _enable_compilation_cache()
+  from ftjax import train
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    _fail(str(e))
+
+
+def run():
+  app.run(main, flags_parser=_parse)
+
+
+if __name__ == '__main__':
+  run()

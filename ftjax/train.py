@@ -1,0 +1,266 @@
+"""THE trainer, for every model and task. Read it top to bottom:
+
+workdir -> mesh -> data -> model + optimizer (initialised under jit, straight into their shardings)
+-> restore (latest checkpoint in the workdir, else fresh) -> loop: train step (jit, donated state),
+metrics, evaluators, best checkpoint, periodic checkpoint, SIGTERM/SIGINT -> save and exit 0.
+
+State is functional: the NNX model is split once into a graph definition and pure-dict parameters
+/ model state (BatchNorm statistics), which ride in TrainState with the optimizer state, the step
+and the RNG. Everything the next step depends on is in TrainState or the data iterator's state, so
+a resumed run is bit-identical to an uninterrupted one on the same machine.
+"""
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ftjax import checkpoint, data, evals, metrics, models, optim, parallel, tasks
+from ftjax.errors import UserError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any          # pure dict of nnx.Param values
+  model_state: Any     # pure dict of every other variable (BatchNorm statistics, ...)
+  opt_state: Any
+  rng: jax.Array       # raw uint32 key; step s uses fold_in(rng, s)
+
+
+class Preemption:
+  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly."""
+
+  def __init__(self):
+    self.requested = None
+    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, frame):
+    self.requested = signal.Signals(signum).name
+
+  def restore(self):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces, each usable on its own (tests build steps without running the loop).
+# ----------------------------------------------------------------------------------------------
+def graphdefs(model_cfg):
+  """(train-mode graphdef, eval-mode graphdef): the mode is static structure, not state."""
+  model = nnx.eval_shape(lambda: models.build(model_cfg, nnx.Rngs(0)))
+  model.train()
+  g_train = nnx.split(model, nnx.Param, ...)[0]
+  model.eval()
+  g_eval = nnx.split(model, nnx.Param, ...)[0]
+  return g_train, g_eval
+
+
+def make_init(model_cfg, tx, seed: int):
+  def init():
+    key = jax.random.PRNGKey(seed)
+    model = models.build(model_cfg, nnx.Rngs(jax.random.fold_in(key, 0)))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
+                      opt_state=tx.init(params), rng=jax.random.fold_in(key, 1))
+  return init
+
+
+def _tree_add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def make_train_step(graphdef, task, tx, schedule, accum_steps: int = 1):
+  """(state, batch) -> (state, metrics). With accum_steps > 1 the batch is split into micro-batches
+  whose gradients are averaged before one update: the same update as the whole batch at once, for
+  models whose outputs do not mix examples (BatchNorm does: its statistics become per micro-batch)."""
+
+  def loss_fn(params, model_state, batch, rng):
+    model = nnx.merge(graphdef, params, model_state)
+    loss, mets = task.loss(model, batch, rng)
+    return loss, (mets, nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2]))
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if accum_steps == 1:
+      (_, (mets, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+      def split(x):
+        if x.shape[0] % accum_steps:
+          raise ValueError(f'batch of {x.shape[0]} does not split into {accum_steps} micro-batches')
+        # Row r goes to micro-batch r % accum: each device keeps an equal share of every micro-batch.
+        return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+      micro = jax.tree.map(split, batch)
+
+      def body(carry, xs):
+        g_sum, ms, m_sum = carry
+        mb, i = xs
+        (_, (mets, ms)), g = grad_fn(state.params, ms, mb, jax.random.fold_in(rng, i))
+        return (_tree_add(g_sum, g), ms, _tree_add(m_sum, mets)), None
+
+      shapes = jax.eval_shape(grad_fn, state.params, state.model_state,
+                              jax.tree.map(lambda x: x[0], micro), rng)
+      zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
+      init = (zeros(shapes[1]), state.model_state, zeros(shapes[0][1][0]))
+      (g_sum, model_state, m_sum), _ = jax.lax.scan(body, init, (micro, jnp.arange(accum_steps)))
+      grads = jax.tree.map(lambda g: g / accum_steps, g_sum)
+      mets = jax.tree.map(lambda m: m / accum_steps, m_sum)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out = {f'train/{k}': v for k, v in mets.items()}
+    out['train/learning_rate'] = schedule(state.step)
+    out['train/grad_norm'] = optax.global_norm(grads)
+    return state.replace(step=state.step + 1, params=params, model_state=model_state,
+                         opt_state=opt_state), out
+
+  return step
+
+
+def make_predict_step(graphdef_eval, task):
+  def predict(state, batch):
+    return task.predict(nnx.merge(graphdef_eval, state.params, state.model_state), batch)
+  return predict
+
+
+def _prepare_workdir(workdir: str):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'workdir {workdir!r} is not a writable directory: {e.strerror or e}') from None
+
+
+def _write_config(config, workdir):
+  path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() != text:
+        print(f'note: {path} differs from this run\'s config; overwriting it', flush=True)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------------------------
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) the job in `workdir`; returns the last metrics logged."""
+  t_start = time.perf_counter()
+  is_main = jax.process_index() == 0
+
+  # ---- Workdir ---------------------------------------------------------------------------------
+  _prepare_workdir(workdir)
+
+  # ---- Mesh ------------------------------------------------------------------------------------
+  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
+  data_sharding = parallel.batch_sharding(mesh)
+  n_data = parallel.data_parallel_size(mesh)
+  if config.input.batch_size % n_data:
+    raise UserError(f'input.batch_size={config.input.batch_size} is not divisible by the {n_data} '
+                    'data-parallel devices')
+
+  # ---- Data ------------------------------------------------------------------------------------
+  train_iter, n_train = data.train_iterator(config.input, config.seed, jax.process_index(), jax.process_count())
+  total_steps = config.total_steps
+  if config.num_epochs > 0:
+    total_steps = math.ceil(config.num_epochs * n_train / config.input.batch_size)
+  if total_steps <= 0:
+    raise UserError(f'total_steps={total_steps}: set total_steps or num_epochs > 0')
+
+  # ---- Model, task, optimizer -----------------------------------------------------------------
+  task = tasks.build(config.task)
+  tx, schedule = optim.build(config.optim, config.schedule, total_steps)
+  g_train, g_eval = graphdefs(config.model)
+  init = make_init(config.model, tx, config.seed)
+  abstract = jax.eval_shape(init)
+  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  train_step = jax.jit(make_train_step(g_train, task, tx, schedule, config.optim.accum_steps),
+                       in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
+                       donate_argnums=0)
+  predict_step = jax.jit(make_predict_step(g_eval, task), in_shardings=(state_sharding, data_sharding))
+
+  evaluators = {name: evals.build(name, ecfg, config=config, predict_fn=predict_step, mesh=mesh)
+                for name, ecfg in config.evals.items()}
+  if is_main:
+    _write_config(config, workdir)
+
+  # ---- Restore or initialise ------------------------------------------------------------------
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+  if ckpt.latest_step() is not None:
+    state, data_state = ckpt.restore(checkpoint.abstract(abstract, state_sharding))
+    train_iter.set_state(data_state)
+    print(f'resumed from {workdir}/checkpoints/{ckpt.latest_step()}', flush=True)
+  else:
+    state = jax.jit(init, out_shardings=state_sharding)()
+  step = int(jax.device_get(state.step))
+  writer = metrics.Writer(workdir, total_steps, config.input.batch_size, start_step=step)
+  writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters | mesh {dict(mesh.shape)} | '
+             f'{n_train:,} train examples | {total_steps} steps of {config.input.batch_size}'
+             + (f' | starting at step {step}' if step else ''))
+  if step >= total_steps:
+    writer.log(f'nothing to do: {workdir} already holds step {step} of {total_steps}')
+    ckpt.close()
+    return {}
+
+  # ---- Loop ------------------------------------------------------------------------------------
+  preempt = Preemption()
+  last = {}
+  try:
+    while step < total_steps:
+      batch = parallel.global_batch(next(train_iter), data_sharding)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      final = step == total_steps
+
+      if step % config.log_every == 0 or final or step == 1 or preempt.requested:
+        last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if not math.isfinite(last['train/loss']):
+          raise FloatingPointError(f'train/loss is {last["train/loss"]} at step {step}; stopping '
+                                   '(lower optim.lr, add optim.clip_norm, or check the data)')
+        writer.write(step, last)
+        writer.progress(step, last)
+
+      for name, ev in evaluators.items():
+        if final or (ev.cfg.every and step % ev.cfg.every == 0):
+          t = time.perf_counter()
+          res = ev(state)
+          writer.write(step, res)
+          writer.log(f'  {name} @ {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items())
+                     + f' ({time.perf_counter() - t:.1f}s)')
+          last.update(res)
+          if ckpt.maybe_save_best(step, state, train_iter.get_state(), res):
+            writer.log(f'  new best {config.checkpoint.best_metric} = {ckpt.best_value:.4f}')
+
+      if final or step % config.checkpoint.every == 0 or preempt.requested:
+        ckpt.save(step, state, train_iter.get_state())
+      if preempt.requested and not final:
+        writer.log(f'{preempt.requested}: saved step {step} to {workdir}/checkpoints; rerun the same '
+                   'command to resume')
+        break
+  finally:
+    preempt.restore()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  if step == total_steps:
+    writer.log(f'done: {step} steps in {time.perf_counter() - t_start:.0f}s; ' +
+               ', '.join(f'{k} {v:.4f}' for k, v in last.items() if not k.startswith('train/')))
+  return last
