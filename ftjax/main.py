@@ -21,14 +21,28 @@ def _fail(msg):
   sys.exit(2)
 
 
+def _unknown_key(argv, err):
+  """ml_collections reports an unknown override as a bare KeyError/AttributeError('name')."""
+  name = str(err).strip('"\'')
+  for a in argv:
+    key = a.split('=', 1)[0]
+    if key.startswith('--config.') and key.rsplit('.', 1)[-1] == name:
+      return f'{key}: no such key in the config (check the spelling, or add it to the config file)'
+  return f'bad config override: {type(err).__name__} {err}'
+
+
 def _parse(argv):
   try:
     rest = FLAGS(argv)
+    if FLAGS['config'].present:
+      FLAGS.config.get('seed')  # a config file that failed to load raises only on first use
+  except (KeyError, AttributeError) as e:
+    _fail(_unknown_key(argv, e))
   except flags.Error as e:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except Exception as e:  # errors raised while loading the config file itself
-    _fail(f'{type(e).__name__}: {e}')
-  if FLAGS.config is None:
+    _fail(f'cannot load --config: {" ".join(str(e).split())}')
+  if not FLAGS['config'].present:
     _fail('--config=configs/<file>.py[:arg] is required')
   if not FLAGS.workdir:
     _fail('--workdir=<dir> is required')
@@ -48,7 +62,7 @@ def _enable_compilation_cache():
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)   # library chatter; ftjax prints its own progress
   _enable_compilation_cache()
   from ftjax import train
   try:

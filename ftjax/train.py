@@ -75,6 +75,14 @@ def make_init(model_cfg, tx, seed: int):
   return init
 
 
+def initialize(init, shardings):
+  """Runs `init` under jit straight into `shardings`. It runs once, so on CPU it is compiled without
+  backend optimisation: the random-number code otherwise takes seconds to compile, even for tiny models."""
+  compiled = jax.jit(init, out_shardings=shardings).lower().compile(
+      compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
+  return compiled()
+
+
 def _tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
@@ -209,7 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_iter.set_state(data_state)
     print(f'resumed from {workdir}/checkpoints/{ckpt.latest_step()}', flush=True)
   else:
-    state = jax.jit(init, out_shardings=state_sharding)()
+    state = initialize(init, state_sharding)
   step = int(jax.device_get(state.step))
   writer = metrics.Writer(workdir, total_steps, config.input.batch_size, start_step=step)
   writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters | mesh {dict(mesh.shape)} | '

@@ -131,11 +131,14 @@ def _tfds_source(name, split, data_dir):
       with _lock(os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), f'.{name}.lock')):
         builder = tfds.builder(name, data_dir=data_dir)
         if not builder.is_prepared():
+          print(f'building the embedded dataset {name} in {builder.data_dir} (once)', flush=True)
+          tfds.disable_progress_bar()
           builder.download_and_prepare(file_format='array_record')
     else:
       raise UserError(
           f'dataset {name!r} is not prepared in {builder.data_dir}; prepare it once with '
-          f'`tfds build {name} --data_dir={data_dir or "~/tensorflow_datasets"} --file_format=array_record` '
+          f'`tfds build {name} --data_dir={os.path.dirname(os.path.dirname(builder.data_dir))} '
+          '--file_format=array_record` '
           '(some datasets need manual downloads; see the TFDS catalog), or set --config.input.data_dir')
   try:
     return builder.as_data_source(split=split)

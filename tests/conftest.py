@@ -1,0 +1,65 @@
+"""Test set-up: 8 simulated CPU devices, an isolated TFDS data dir, a shared XLA compilation cache.
+
+XLA_FLAGS must be set before JAX initialises a backend, hence at import time here.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+_TMP = tempfile.mkdtemp(prefix='ftjax-tests-')
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ['TFDS_DATA_DIR'] = os.path.join(_TMP, 'tfds')
+os.environ['FTJAX_COMPILATION_CACHE'] = os.path.join(_TMP, 'xla-cache')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_env(devices=1):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  return env
+
+
+def run_main(*args, devices=1, timeout=300, **kw):
+  """Runs `python -m ftjax.main ARGS` in a subprocess from the repo root; returns CompletedProcess."""
+  return subprocess.run([sys.executable, '-m', 'ftjax.main', *args], cwd=ROOT, env=main_env(devices),
+                        capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope='session')
+def digits_ready():
+  """Builds the embedded digits dataset once per session (also a test that building works)."""
+  from ftjax.data import get_source
+  return {s: get_source('ftjax_digits', s) for s in ('train', 'validation', 'test')}
+
+
+def tiny_setup(model_overrides=None, optim_overrides=None, accum_steps=1, total_steps=10):
+  """A small ResNet, task, optimizer and the trainer's own step/init functions (not the loop)."""
+  from ftjax import defaults, optim, tasks, train
+  cfg = defaults.base_config()
+  cfg.model.update({**dict(name='resnet', depth=18, stages=(1, 1, 1, 1), width=0.125, stem='small', in_channels=1,
+                           num_classes=10),
+                    **(model_overrides or {})})
+  cfg.optim.update({**dict(name='sgd', lr=0.1, momentum=0.0), **(optim_overrides or {})})
+  cfg.optim.accum_steps = accum_steps
+  cfg.schedule.name = 'constant'
+  tx, sched = optim.build(cfg.optim, cfg.schedule, total_steps)
+  task = tasks.build(cfg.task)
+  g_train, g_eval = train.graphdefs(cfg.model)
+  return dict(cfg=cfg, tx=tx, task=task, init=train.make_init(cfg.model, tx, 0),
+              step=train.make_train_step(g_train, task, tx, sched, accum_steps),
+              predict=train.make_predict_step(g_eval, task))
+
+
+def digits_batch(n=16, seed=0):
+  from sklearn.datasets import load_digits
+  import numpy as np
+  d = load_digits()
+  idx = np.random.default_rng(seed).permutation(len(d.target))[:n]
+  images = ((d.images[idx] / 16.0 - 0.5) / 0.5).astype(np.float32)[..., None]
+  return {'image': images, 'label': d.target[idx].astype(np.int32)}

@@ -1,0 +1,68 @@
+"""Bad input: one clear `ftjax: error:` line, non-zero exit, nothing left that breaks a rerun."""
+import json
+import os
+
+import numpy as np
+
+from conftest import run_main
+
+SMOKE = '--config=configs/resnet_digits.py:smoke'
+
+
+def error_line(proc):
+  lines = [ln for ln in proc.stderr.splitlines() if ln.startswith('ftjax: error:')]
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  assert len(lines) == 1, proc.stderr[-2000:]
+  return lines[0]
+
+
+def test_unknown_override_key_fails_before_compute(tmp_path):
+  wd = tmp_path / 'w'
+  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.model.no_such_key=3'))
+  assert 'no_such_key' in line
+  assert not wd.exists()
+
+
+def test_wrong_type_override_names_the_key(tmp_path):
+  wd = tmp_path / 'w'
+  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.total_steps=abc'))
+  assert 'total_steps' in line
+  assert not wd.exists()
+
+
+def test_missing_dataset_then_rerun_in_same_workdir_works(tmp_path, digits_ready):
+  wd = tmp_path / 'w'
+  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.input.dataset=no_such_dataset_xyz'))
+  assert 'no_such_dataset_xyz' in line
+  # A real TFDS name that is not prepared: the message says how to prepare it.
+  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.input.dataset=mnist',
+                             f'--config.input.data_dir={tmp_path / "empty"}'))
+  assert "'mnist' is not prepared" in line and 'tfds build mnist' in line
+  assert not (wd / 'checkpoints').exists()
+  # The failed attempts left nothing that stops the corrected command.
+  ok = run_main(SMOKE, f'--workdir={wd}', '--config.total_steps=4', '--config.evals.eval.every=0')
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  cfg = json.loads((wd / 'config.json').read_text())
+  assert cfg['input']['dataset'] == 'ftjax_digits' and cfg['total_steps'] == 4
+  assert os.listdir(wd / 'checkpoints') == ['4']
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  line = error_line(run_main(SMOKE, f'--workdir={blocker / "sub"}'))
+  assert 'workdir' in line and str(blocker / 'sub') in line
+
+
+def test_npz_with_mismatched_lengths(tmp_path):
+  path = tmp_path / 'bad.npz'
+  np.savez(path, images=np.zeros((10, 8, 8), np.uint8), labels=np.zeros(9, np.int64))
+  wd = tmp_path / 'w'
+  line = error_line(run_main(SMOKE, f'--workdir={wd}', f'--config.input.dataset={path}'))
+  assert 'bad.npz' in line and '10' in line and '9' in line
+  assert not (wd / 'checkpoints').exists() and not (wd / 'config.json').exists()
+
+
+def test_missing_required_flags():
+  line = error_line(run_main(SMOKE))
+  assert '--workdir' in line
