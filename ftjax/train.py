@@ -37,13 +37,16 @@ class TrainState:
 
 
 class Preemption:
-  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly."""
+  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly.
+  A second signal while that is under way stops at once (the last periodic checkpoint stays valid)."""
 
   def __init__(self):
     self.requested = None
     self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt(f'second {signal.Signals(signum).name}: stopping without saving')
     self.requested = signal.Signals(signum).name
 
   def restore(self):

@@ -38,3 +38,13 @@ def test_imagenet_recipe_smoke_runs_on_generated_data(tmp_path):
     rows = [json.loads(line) for line in f]
   assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2, 3, 4]
   assert any('eval/accuracy' in r for r in rows)
+
+
+@pytest.mark.parametrize('package,what', [('models', 'model.name'), ('tasks', 'task.name'), ('evals', 'evals.x.type')])
+def test_unknown_component_names_are_user_errors(package, what):
+  from ftjax import registry
+  from ftjax.errors import UserError
+  with pytest.raises(UserError, match=f"{what}='nope': no module ftjax/{package}/nope.py"):
+    registry.load(package, 'nope', what)
+  assert registry.load(package, {'models': 'resnet', 'tasks': 'classification', 'evals': 'classification'}[package],
+                       what).__name__.startswith('ftjax.')

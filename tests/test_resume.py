@@ -1,11 +1,13 @@
 """Preemption: SIGTERM between checkpoints -> save, exit 0; the same command resumes bit-identically."""
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
 import sys
-import time
+
+import pytest
 
 from conftest import ROOT, main_env, run_main
 
@@ -37,18 +39,34 @@ def tb_scalar_tags(workdir):
   return tags
 
 
-def test_sigterm_between_checkpoints_resumes_bit_identically(tmp_path, digits_ready):
-  ref, cut = str(tmp_path / 'ref'), str(tmp_path / 'cut')
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, digits_ready):
+  """The uninterrupted run every interrupted one is compared with."""
+  ref = str(tmp_path_factory.mktemp('ref'))
   full = run_main(*ARGS, f'--workdir={ref}')
   assert full.returncode == 0, full.stderr[-3000:]
+  return ref
+
+
+def start(workdir, *extra):
+  return subprocess.Popen([sys.executable, '-m', 'ftjax.main', *ARGS, *extra, f'--workdir={workdir}'], cwd=ROOT,
+                          env=main_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(proc, n):
+  for line in proc.stdout:
+    if line.startswith('step') and int(line.split()[1].split('/')[0]) >= n:
+      return
+  raise AssertionError(f'run ended before step {n}: {proc.stderr.read()[-3000:]}')
+
+
+def test_sigterm_between_checkpoints_resumes_bit_identically(tmp_path, reference):
+  ref, cut = reference, str(tmp_path / 'cut')
 
   # Interrupted run: SIGTERM once training is under way, long before the end and with no periodic save.
-  proc = subprocess.Popen([sys.executable, '-m', 'ftjax.main', *ARGS, f'--workdir={cut}'], cwd=ROOT,
-                          env=main_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  for line in proc.stdout:
-    if line.startswith('step') and int(line.split()[1].split('/')[0]) >= 30:
-      proc.send_signal(signal.SIGTERM)
-      break
+  proc = start(cut)
+  wait_for_step(proc, 30)
+  proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-3000:]
   assert 'SIGTERM: saved step' in out
@@ -73,6 +91,27 @@ def test_sigterm_between_checkpoints_resumes_bit_identically(tmp_path, digits_re
   assert {'train/loss', 'train/learning_rate', 'eval/accuracy', 'test/accuracy'} <= tb_scalar_tags(ref)
   # The best checkpoint is kept beside the latest ones.
   assert len(os.listdir(os.path.join(ref, 'best'))) == 1
+
+
+def test_hard_kill_resumes_from_last_periodic_checkpoint(tmp_path, reference):
+  """SIGKILL (no chance to save, maybe mid-way through an async save): the rerun restarts from the last
+  complete checkpoint, drops the metrics rows written after it, and still matches the reference."""
+  cut = str(tmp_path / 'cut')
+  proc = start(cut, '--config.checkpoint.every=25')
+  wait_for_step(proc, 60)
+  proc.kill()
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  logged = max(train_rows(cut))
+  again = run_main(*ARGS, '--config.checkpoint.every=25', f'--workdir={cut}')
+  assert again.returncode == 0, again.stderr[-3000:]
+  resumed = int(re.search(r'resumed from \S+/checkpoints/(\d+)', again.stdout).group(1))
+  assert resumed % 25 == 0 and resumed <= logged < 160
+  steps = [r['step'] for r in rows(cut) if 'train/loss' in r]
+  assert steps == list(range(1, 161))            # no duplicated rows from the lost steps
+  a, b = train_rows(reference), train_rows(cut)
+  for step in range(resumed + 1, 161):
+    assert a[step] == b[step], step
 
 
 def test_rerun_of_finished_job_does_nothing(tmp_path, digits_ready):

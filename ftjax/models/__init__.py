@@ -1,9 +1,8 @@
 """Model registry: `config.model.name` is a module under ftjax.models that defines `build(cfg, rngs)`."""
-import importlib
-
 import jax.numpy as jnp
 from flax import nnx
 
+from ftjax import registry
 from ftjax.errors import UserError
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -16,12 +15,7 @@ def dtype(name: str):
 
 
 def get_module(name: str):
-  try:
-    return importlib.import_module(f'ftjax.models.{name}')
-  except ModuleNotFoundError as e:
-    if e.name != f'ftjax.models.{name}':
-      raise
-    raise UserError(f'unknown model {name!r}: no module ftjax/models/{name}.py') from None
+  return registry.load('models', name, 'model.name')
 
 
 def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
