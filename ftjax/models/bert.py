@@ -1,0 +1,309 @@
+"""BERT encoder and heads with transformers' BertConfig semantics and module names.
+
+Module paths mirror transformers' (`bert.encoder.layer.3.attention.self.query`, `cls.predictions...`),
+so HF checkpoints convert by renaming leaves alone (ftjax/hf.py). Attention is
+`jax.nn.dot_product_attention` with the padding mask; with attention dropout active in training it
+falls back to an explicit softmax (dot_product_attention has no dropout).
+"""
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ftjax import models
+from ftjax.errors import UserError
+
+ACTS = {'gelu': lambda x: jax.nn.gelu(x, approximate=False), 'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
+        'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True), 'relu': jax.nn.relu,
+        'silu': jax.nn.silu, 'swish': jax.nn.silu, 'tanh': jnp.tanh}
+
+
+@dataclasses.dataclass
+class BertConfig:
+  """transformers.BertConfig's fields and defaults (bert-base-uncased)."""
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = 'gelu'
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  initializer_range: float = 0.02
+  layer_norm_eps: float = 1e-12
+  pad_token_id: int = 0
+  classifier_dropout: float | None = None
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'BertConfig':
+    names = {f.name for f in dataclasses.fields(cls)}
+    cfg = cls(**{k: v for k, v in d.items() if k in names})
+    if cfg.hidden_act not in ACTS:
+      raise UserError(f'hidden_act={cfg.hidden_act!r} is not supported; choose one of {", ".join(ACTS)}')
+    if cfg.hidden_size % cfg.num_attention_heads:
+      raise UserError(f'hidden_size={cfg.hidden_size} is not divisible by num_attention_heads={cfg.num_attention_heads}')
+    return cfg
+
+
+@flax.struct.dataclass
+class BertOutput:
+  last_hidden_state: jax.Array
+  pooler_output: jax.Array | None = None
+
+
+class _Ctx:
+  """What every sub-module needs: config, compute dtype, initialisers."""
+
+  def __init__(self, cfg: BertConfig, dtype):
+    self.cfg, self.dtype = cfg, dtype
+    self.init = nnx.initializers.normal(cfg.initializer_range)
+
+  def dense(self, din, dout, rngs):
+    return nnx.Linear(din, dout, dtype=self.dtype, kernel_init=self.init, rngs=rngs)
+
+  def norm(self, rngs):
+    return nnx.LayerNorm(self.cfg.hidden_size, epsilon=self.cfg.layer_norm_eps, dtype=self.dtype,
+                         use_fast_variance=False, rngs=rngs)
+
+  def embed(self, n, rngs):
+    return nnx.Embed(n, self.cfg.hidden_size, dtype=self.dtype, embedding_init=self.init, rngs=rngs)
+
+
+class BertEmbeddings(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    self.word_embeddings = c.embed(c.cfg.vocab_size, rngs)
+    self.position_embeddings = c.embed(c.cfg.max_position_embeddings, rngs)
+    self.token_type_embeddings = c.embed(c.cfg.type_vocab_size, rngs)
+    self.LayerNorm = c.norm(rngs)
+    self.dropout = nnx.Dropout(c.cfg.hidden_dropout_prob)
+
+  def __call__(self, input_ids, token_type_ids, rngs=None):
+    pos = jnp.arange(input_ids.shape[1])[None]
+    x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)
+    return self.dropout(self.LayerNorm(x), rngs=rngs)
+
+
+class BertSelfAttention(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    h = c.cfg.hidden_size
+    self.num_heads, self.head_dim = c.cfg.num_attention_heads, h // c.cfg.num_attention_heads
+    self.query, self.key, self.value = (c.dense(h, h, rngs) for _ in range(3))
+    self.dropout = nnx.Dropout(c.cfg.attention_probs_dropout_prob)
+
+  def __call__(self, x, mask, rngs=None):
+    b, t, _ = x.shape
+    q, k, v = (f(x).reshape(b, t, self.num_heads, self.head_dim) for f in (self.query, self.key, self.value))
+    if self.dropout.deterministic or self.dropout.rate == 0:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    else:
+      logits = jnp.einsum('bqnh,bknh->bnqk', q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
+      probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1).astype(v.dtype)
+      out = jnp.einsum('bnqk,bknh->bqnh', self.dropout(probs, rngs=rngs), v)
+    return out.reshape(b, t, -1)
+
+
+class BertSelfOutput(nnx.Module):
+  def __init__(self, c: _Ctx, din, rngs):
+    self.dense = c.dense(din, c.cfg.hidden_size, rngs)
+    self.LayerNorm = c.norm(rngs)
+    self.dropout = nnx.Dropout(c.cfg.hidden_dropout_prob)
+
+  def __call__(self, h, residual, rngs=None):
+    return self.LayerNorm(self.dropout(self.dense(h), rngs=rngs) + residual)
+
+
+class BertAttention(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    setattr(self, 'self', BertSelfAttention(c, rngs))     # transformers' name for it
+    self.output = BertSelfOutput(c, c.cfg.hidden_size, rngs)
+
+  def __call__(self, x, mask, rngs=None):
+    return self.output(getattr(self, 'self')(x, mask, rngs), x, rngs)
+
+
+class BertIntermediate(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    self.dense = c.dense(c.cfg.hidden_size, c.cfg.intermediate_size, rngs)
+    self.act = ACTS[c.cfg.hidden_act]
+
+  def __call__(self, x):
+    return self.act(self.dense(x))
+
+
+class BertLayer(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    self.attention = BertAttention(c, rngs)
+    self.intermediate = BertIntermediate(c, rngs)
+    self.output = BertSelfOutput(c, c.cfg.intermediate_size, rngs)
+
+  def __call__(self, x, mask, rngs=None):
+    a = self.attention(x, mask, rngs)
+    return self.output(self.intermediate(a), a, rngs)
+
+
+class BertEncoder(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    self.layer = nnx.List([BertLayer(c, rngs) for _ in range(c.cfg.num_hidden_layers)])
+
+  def __call__(self, x, mask, rngs=None):
+    for layer in self.layer:
+      x = layer(x, mask, rngs)
+    return x
+
+
+class BertPooler(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    self.dense = c.dense(c.cfg.hidden_size, c.cfg.hidden_size, rngs)
+
+  def __call__(self, x):
+    return jnp.tanh(self.dense(x[:, 0]))
+
+
+class BertModel(nnx.Module):
+  """The encoder: (input_ids, attention_mask, token_type_ids) -> BertOutput."""
+
+  def __init__(self, cfg: BertConfig, *, add_pooling_layer=True, dtype=jnp.float32, rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype)
+    self.config = cfg
+    self.embeddings = BertEmbeddings(c, rngs)
+    self.encoder = BertEncoder(c, rngs)
+    self.pooler = BertPooler(c, rngs) if add_pooling_layer else None
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None) -> BertOutput:
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    mask = attention_mask.astype(bool)[:, None, None, :]          # [B, 1(heads), 1(queries), keys]
+    x = self.encoder(self.embeddings(input_ids, token_type_ids, rngs), mask, rngs)
+    return BertOutput(x, self.pooler(x) if self.pooler is not None else None)
+
+
+class BertPredictionHeadTransform(nnx.Module):
+  def __init__(self, c: _Ctx, rngs):
+    self.dense = c.dense(c.cfg.hidden_size, c.cfg.hidden_size, rngs)
+    self.act = ACTS[c.cfg.hidden_act]
+    self.LayerNorm = c.norm(rngs)
+
+  def __call__(self, x):
+    return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nnx.Module):
+  """Transform, then the decoder tied to the word embeddings, plus its own bias."""
+
+  def __init__(self, c: _Ctx, rngs):
+    self.transform = BertPredictionHeadTransform(c, rngs)
+    self.bias = nnx.Param(jnp.zeros((c.cfg.vocab_size,), jnp.float32))
+
+  def __call__(self, x, word_embeddings: nnx.Embed):
+    h = self.transform(x)
+    return (word_embeddings.attend(h) + self.bias[...]).astype(jnp.float32)
+
+
+class _Heads(nnx.Module):
+  """transformers' `cls` module: MLM predictions and/or the NSP classifier."""
+
+  def __init__(self, c: _Ctx, mlm: bool, nsp: bool, rngs):
+    self.predictions = BertLMPredictionHead(c, rngs) if mlm else None
+    self.seq_relationship = c.dense(c.cfg.hidden_size, 2, rngs) if nsp else None
+
+
+class BertForPreTraining(nnx.Module):
+  """MLM (+ NSP when nsp=True). `masked_positions` [B, P] limits the vocabulary projection to those
+  positions, which is most of the MLM head's cost."""
+
+  def __init__(self, cfg: BertConfig, *, nsp=False, dtype=jnp.float32, rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype)
+    self.bert = BertModel(cfg, add_pooling_layer=nsp, dtype=dtype, rngs=rngs)
+    self.cls = _Heads(c, mlm=True, nsp=nsp, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None, rngs=None):
+    out = self.bert(input_ids, attention_mask, token_type_ids, rngs)
+    h = out.last_hidden_state
+    if masked_positions is not None:
+      h = jnp.take_along_axis(h, masked_positions[..., None], axis=1)
+    logits = self.cls.predictions(h, self.bert.embeddings.word_embeddings)
+    nsp = self.cls.seq_relationship(out.pooler_output).astype(jnp.float32) if self.cls.seq_relationship else None
+    return {'mlm_logits': logits, 'nsp_logits': nsp}
+
+
+class BertForSequenceClassification(nnx.Module):
+  """Pooled [CLS] -> dropout -> classifier. num_labels=1 is regression."""
+
+  def __init__(self, cfg: BertConfig, *, num_labels=2, dtype=jnp.float32, rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype)
+    self.bert = BertModel(cfg, dtype=dtype, rngs=rngs)
+    p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+    self.dropout = nnx.Dropout(p)
+    self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
+
+  def embed(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    return self.bert(input_ids, attention_mask, token_type_ids, rngs).pooler_output
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    pooled = self.embed(input_ids, attention_mask, token_type_ids, rngs)
+    return self.classifier(self.dropout(pooled, rngs=rngs)).astype(jnp.float32)
+
+
+class BertForTokenClassification(nnx.Module):
+  def __init__(self, cfg: BertConfig, *, num_labels=2, dtype=jnp.float32, rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype)
+    self.bert = BertModel(cfg, add_pooling_layer=False, dtype=dtype, rngs=rngs)
+    p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+    self.dropout = nnx.Dropout(p)
+    self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    h = self.bert(input_ids, attention_mask, token_type_ids, rngs).last_hidden_state
+    return self.classifier(self.dropout(h, rngs=rngs)).astype(jnp.float32)
+
+
+class BertForQuestionAnswering(nnx.Module):
+  """Span QA: per-token start and end logits."""
+
+  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype)
+    self.bert = BertModel(cfg, add_pooling_layer=False, dtype=dtype, rngs=rngs)
+    self.qa_outputs = c.dense(cfg.hidden_size, 2, rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    h = self.bert(input_ids, attention_mask, token_type_ids, rngs).last_hidden_state
+    logits = self.qa_outputs(h).astype(jnp.float32)
+    return {'start_logits': logits[..., 0], 'end_logits': logits[..., 1]}
+
+
+HEADS = {'none': BertModel, 'mlm': BertForPreTraining, 'pretraining': BertForPreTraining,
+         'classification': BertForSequenceClassification, 'token_classification': BertForTokenClassification,
+         'qa': BertForQuestionAnswering}
+
+
+def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
+  """cfg: head (none|mlm|pretraining|classification|token_classification|qa), num_labels, dtype,
+  `config` (a path to a transformers config.json / model directory, or ''), and BertConfig overrides."""
+  cfg = dict(cfg)
+  head = cfg.pop('head', 'none')
+  dtype = models.dtype(cfg.pop('dtype', 'float32'))
+  num_labels = cfg.pop('num_labels', 2)
+  base: dict[str, Any] = {}
+  if cfg.get('config'):
+    from ftjax import hf
+    base = hf.read_config(cfg['config'])
+  cfg.pop('config', None)
+  unknown = set(cfg) - {f.name for f in dataclasses.fields(BertConfig)}
+  if unknown:
+    raise UserError(f'model config for bert: unknown keys {sorted(unknown)}')
+  bcfg = BertConfig.from_dict({**base, **cfg})
+  if head not in HEADS:
+    raise UserError(f'bert head={head!r}; choose one of {", ".join(HEADS)}')
+  kw = dict(dtype=dtype, rngs=rngs)
+  if head in ('classification', 'token_classification'):
+    kw['num_labels'] = num_labels
+  if head == 'pretraining':
+    kw['nsp'] = True
+  return HEADS[head](bcfg, **kw)
