@@ -10,6 +10,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from ftjax.errors import UserError
+
 
 class Checkpointer:
 
@@ -70,6 +72,47 @@ class Checkpointer:
     self.latest.close()
     if self.best is not None:
       self.best.close()
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(p): (p, v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def merge_by_name(target: dict, source: dict, reinit: str = ''):
+  """Copies source leaves into target where paths and shapes agree, except paths matching `reinit`.
+  Returns (merged tree, report of loaded / initialised / ignored paths)."""
+  import re
+  src = {k: v for k, (_, v) in _flat(source).items()}
+  loaded, initialised, leaves = [], [], []
+  for key, (_, value) in _flat(target).items():
+    if key in src and not (reinit and re.search(reinit, key)) and tuple(src[key].shape) == tuple(value.shape):
+      leaves.append(jax.numpy.asarray(src[key], value.dtype))
+      loaded.append(key)
+    else:
+      leaves.append(value)
+      initialised.append(key)
+  ignored = sorted(set(src) - set(loaded))
+  return (jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves),
+          {'loaded': loaded, 'initialised': initialised, 'ignored': ignored})
+
+
+def read_params(source: str):
+  """(params, model_state) as saved by ftjax in `source`: a workdir, its checkpoints/ or best/ folder,
+  or one step folder. Restored on the host, without needing the model that wrote them."""
+  src = os.path.abspath(os.path.expanduser(source))
+  for sub in ('checkpoints', 'best', ''):
+    d = os.path.join(src, sub) if sub else src
+    if os.path.isdir(os.path.join(d, 'state')):
+      step_dir = d
+      break
+    steps = sorted((int(n) for n in os.listdir(d) if n.isdigit()), reverse=True) if os.path.isdir(d) else []
+    if steps:
+      step_dir = os.path.join(d, str(steps[0]))
+      break
+  else:
+    raise UserError(f'init.source={source!r}: no ftjax checkpoint there (expected <workdir>/checkpoints/<step>)')
+  restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'state'))
+  return restored['params'], restored.get('model_state', {}), step_dir
 
 
 def abstract(tree, shardings):

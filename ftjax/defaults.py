@@ -24,10 +24,18 @@ def base_config() -> ml_collections.ConfigDict:
       pp_eval='',
       num_threads=2,          # reader threads per process
       prefetch=4,             # batches read ahead
+      # Text
+      tokenizer='',           # model dir / tokenizer.json, or 'train:<vocab size>' (WordPiece on the train split)
+      text_field='text',      # the field packed for MLM (input.pack)
+      max_len=128,
+      pack=False,             # documents -> fixed-length [CLS] ... [SEP] sequences (MLM pretraining)
+      nsp=False,              # with pack: sentence pairs and next_sentence_label
   ))
 
   c.model = ml_collections.ConfigDict(dict(name='', dtype='float32'))
-  c.task = ml_collections.ConfigDict(dict(name='classification', label_smoothing=0.0))
+  # inputs: the batch keys passed to the model, in order. num_labels=1 in classification = regression.
+  c.task = ml_collections.ConfigDict(dict(name='classification', label_smoothing=0.0, inputs=('image',),
+                                          nsp_weight=1.0))
 
   c.optim = ml_collections.ConfigDict(dict(
       name='adamw',           # adamw | sgd | lamb | lars
@@ -44,6 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
       warmup_steps=0,
       end_factor=0.0,         # final lr = lr * end_factor (cosine, linear)
   ))
+
+  # Pretrained initialisation, used when the workdir has no checkpoint yet. source: a transformers
+  # directory ('package:<name>' for one shipped in a pip package) or an ftjax workdir / checkpoint.
+  # Parameters are matched by name and shape; `reinit` (a regex over names) keeps matches fresh.
+  c.init = ml_collections.ConfigDict(dict(source='', reinit=''))
 
   # name -> dict(type=..., split=..., every=..., batch_size=...). Metrics are logged as '<name>/<metric>'.
   c.evals = ml_collections.ConfigDict()

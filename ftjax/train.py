@@ -86,6 +86,26 @@ def initialize(init, shardings):
   return compiled()
 
 
+def load_pretrained(state, cfg_init, mesh_sharding):
+  """Overwrites the freshly initialised state's parameters with those of cfg_init.source."""
+  from ftjax import hf
+  src = cfg_init.source
+  params = jax.device_get(state.params)
+  if os.path.exists(os.path.join(hf.resolve(src), 'config.json')):
+    new, report = hf.convert_from_hf(hf.load_state_dict(src), params, source=src)
+    if cfg_init.reinit:   # hf conversion loads every match; surgery by pattern goes through merge_by_name
+      new, report = checkpoint.merge_by_name(params, new, cfg_init.reinit)
+    model_state = state.model_state
+    print(hf.describe(report, src), flush=True)
+  else:
+    src_params, src_state, where = checkpoint.read_params(src)
+    new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit)
+    model_state, _ = checkpoint.merge_by_name(jax.device_get(state.model_state), src_state, cfg_init.reinit)
+    print(hf.describe(report, where), flush=True)
+  return state.replace(params=jax.device_put(new, mesh_sharding.params),
+                       model_state=jax.device_put(model_state, mesh_sharding.model_state))
+
+
 def _tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
@@ -200,6 +220,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task = tasks.build(config.task)
   tx, schedule = optim.build(config.optim, config.schedule, total_steps)
   g_train, g_eval = graphdefs(config.model)
+  tok, vocab = data.tokenizer(config.input), models.vocab_size(config.model)
+  if tok is not None and vocab:
+    from ftjax.data import text
+    text.check_vocab(tok, vocab, f'input.tokenizer={config.input.tokenizer!r}')
   init = make_init(config.model, tx, config.seed)
   abstract = jax.eval_shape(init)
   state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
@@ -221,6 +245,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     print(f'resumed from {workdir}/checkpoints/{ckpt.latest_step()}', flush=True)
   else:
     state = initialize(init, state_sharding)
+    if config.init.source:
+      state = load_pretrained(state, config.init, state_sharding)
   step = int(jax.device_get(state.step))
   writer = metrics.Writer(workdir, total_steps, config.input.batch_size, start_step=step)
   writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters | mesh {dict(mesh.shape)} | '

@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 from PIL import Image
 
 from ftjax import data
-from ftjax.data import image_ops
+from ftjax.data import ops
 from ftjax.errors import UserError
 
 
@@ -129,22 +129,22 @@ def test_image_ops():
   rng = np.random.default_rng(0)
   img = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
   ex = {'image': img, 'label': 1}
-  out = image_ops.parse('random_crop(8, pad=2)')(ex, rng)
+  out = ops.parse('random_crop(8, pad=2)')(ex, rng)
   assert out['image'].shape == (8, 8, 3) and out['label'] == 1
-  out = image_ops.parse('inception_crop(16)')(ex, rng)
+  out = ops.parse('inception_crop(16)')(ex, rng)
   assert out['image'].shape == (16, 16, 3) and out['image'].dtype == np.uint8
-  out = image_ops.parse('resize_small(5)|central_crop(5)')(ex, rng)
+  out = ops.parse('resize_small(5)|central_crop(5)')(ex, rng)
   assert out['image'].shape == (5, 5, 3)
-  assert image_ops.parse('resize((20, 24))')(ex, rng)['image'].shape == (20, 24, 3)
-  flips = [image_ops.parse('flip_lr')(ex, np.random.default_rng(s))['image'] for s in range(20)]
+  assert ops.parse('resize((20, 24))')(ex, rng)['image'].shape == (20, 24, 3)
+  flips = [ops.parse('flip_lr')(ex, np.random.default_rng(s))['image'] for s in range(20)]
   assert any(np.array_equal(f, img[:, ::-1]) for f in flips) and any(np.array_equal(f, img) for f in flips)
-  out = image_ops.parse('normalize(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))')(ex, rng)
+  out = ops.parse('normalize(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))')(ex, rng)
   np.testing.assert_allclose(out['image'], (img / 255.0 - 0.5) / 0.25, atol=1e-6)
   assert out['image'].dtype == np.float32
   # Same rng seed, same augmentation.
-  f = image_ops.parse('inception_crop(8)|flip_lr')
+  f = ops.parse('inception_crop(8)|flip_lr')
   np.testing.assert_array_equal(f(ex, np.random.default_rng(3))['image'], f(ex, np.random.default_rng(3))['image'])
   with pytest.raises(UserError, match='unknown preprocessing op'):
-    image_ops.parse('sharpen(2)')
+    ops.parse('sharpen(2)')
   with pytest.raises(UserError, match='bad arguments'):
-    image_ops.parse('random_crop(8, padding=2)')
+    ops.parse('random_crop(8, padding=2)')

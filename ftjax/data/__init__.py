@@ -7,21 +7,71 @@ Eval: every example exactly once, the last batch padded and masked (`_mask`), th
 batches on every process.
 """
 import math
+import os
+import zlib
 
 import grain
 import numpy as np
 
-from ftjax.data import image_ops
+from ftjax.data import ops
 from ftjax.data.sources import get_source
 from ftjax.errors import UserError
 
-__all__ = ['get_source', 'train_iterator', 'eval_batches', 'local_batch_size']
+__all__ = ['get_source', 'tokenizer', 'train_iterator', 'eval_batches', 'local_batch_size']
 
 
 def local_batch_size(global_batch, process_count, what='input.batch_size'):
   if global_batch % process_count:
     raise UserError(f'{what}={global_batch} is not divisible by the {process_count} processes')
   return global_batch // process_count
+
+
+def tokenizer(cfg):
+  """input.tokenizer: a model directory / tokenizer.json, or 'train:<vocab size>' to train a WordPiece
+  vocabulary on the train split once (cached beside the TFDS data). '' = none (image data)."""
+  if not cfg.get('tokenizer'):
+    return None
+  from ftjax.data import text
+  spec = cfg.tokenizer
+  if spec.startswith('train:'):
+    import tensorflow_datasets as tfds
+    from ftjax.data.sources import _lock
+    size = int(spec.split(':', 1)[1])
+    root = os.path.join(cfg.data_dir or str(tfds.core.constants.DATA_DIR), 'ftjax_tokenizers')
+    out = os.path.join(root, f'{cfg.dataset.replace("/", "_")}-{cfg.train_split}-{size}')
+    with _lock(out + '.lock'):
+      if not os.path.exists(os.path.join(out, 'tokenizer.json')):
+        src = get_source(cfg.dataset, cfg.train_split, cfg.data_dir)
+        print(f'training a {size}-token WordPiece vocabulary on {cfg.dataset} -> {out}', flush=True)
+        text.train_wordpiece((text.as_text(src[i][cfg.text_field]) for i in range(len(src))), size, out)
+    spec = out
+  return text.load_tokenizer(spec)
+
+
+def _source(cfg, split, tok):
+  src = get_source(cfg.dataset, split, cfg.data_dir)
+  if cfg.get('pack'):
+    from ftjax.data import text
+    if tok is None:
+      raise UserError('input.pack needs input.tokenizer')
+    docs = [src[i][cfg.text_field] for i in range(len(src))]
+    packed = text.pack_documents(docs, tok, cfg.max_len, nsp=cfg.nsp, seed=zlib.crc32(split.encode()))
+    src = _Columns(packed)
+  return src
+
+
+class _Columns:
+  """Random access over a dict of equal-length numpy arrays."""
+
+  def __init__(self, cols):
+    self.cols = cols
+    self.n = len(next(iter(cols.values())))
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {k: v[i] for k, v in self.cols.items()}
 
 
 def _examples(src, pp, seed, process_index, process_count):
@@ -32,17 +82,19 @@ def _examples(src, pp, seed, process_index, process_count):
 
 
 def _fix(ex):
-  ex = dict(ex)
-  if 'label' in ex:
+  """Only arrays reach the device: strings left over (raw text) are dropped; int labels are int32."""
+  ex = {k: v for k, v in ex.items() if not isinstance(v, (str, bytes, np.bytes_))}
+  if 'label' in ex and np.issubdtype(np.asarray(ex['label']).dtype, np.integer):
     ex['label'] = np.int32(ex['label'])
   return ex
 
 
 def train_iterator(cfg, seed, process_index=0, process_count=1):
   """Returns (grain iterator with get_state/set_state, number of train examples in all processes)."""
-  src = get_source(cfg.dataset, cfg.train_split, cfg.data_dir)
+  tok = tokenizer(cfg)
+  src = _source(cfg, cfg.train_split, tok)
   bs = local_batch_size(cfg.batch_size, process_count)
-  ds, with_pp = _examples(src, image_ops.parse(cfg.pp_train), seed + 1, process_index, process_count)
+  ds, with_pp = _examples(src, ops.parse(cfg.pp_train, tok=tok), seed + 1, process_index, process_count)
   if len(ds) < bs:
     raise UserError(f'train split {cfg.train_split!r} of {cfg.dataset!r} has {len(ds)} examples per process, '
                     f'fewer than the per-process batch of {bs}')
@@ -53,9 +105,10 @@ def train_iterator(cfg, seed, process_index=0, process_count=1):
 
 def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1):
   """Yields local batches with a float `_mask` (0 = padding). Same batch count on every process."""
-  src = get_source(cfg.dataset, split, cfg.data_dir)
+  tok = tokenizer(cfg)
+  src = _source(cfg, split, tok)
   bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
-  ds, with_pp = _examples(src, image_ops.parse(pp_spec), 0, process_index, process_count)
+  ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0, process_index, process_count)
   ds = with_pp(ds)
   n_batches = math.ceil(math.ceil(len(src) / process_count) / bs)
   for b in range(n_batches):

@@ -1,23 +1,10 @@
-"""Per-example image ops on uint8 numpy arrays, chained by a big_vision-style string.
-
-`'inception_crop(224)|flip_lr|normalize(mean=(0.485,0.456,0.406), std=(0.229,0.224,0.225))'`
-Ops take (example, rng) and return the example; random ops draw from the per-example numpy
-Generator that grain derives from (seed, index), so every epoch is reproducible and resumable.
-"""
-import ast
+"""Per-example image ops on uint8 numpy arrays (see ftjax/data/ops.py for the op strings)."""
 import math
 
 import numpy as np
 from PIL import Image
 
-from ftjax.errors import UserError
-
-OPS = {}
-
-
-def register(fn):
-  OPS[fn.__name__] = fn
-  return fn
+from ftjax.data.ops import register
 
 
 def _hw(size):
@@ -112,37 +99,3 @@ def normalize(mean=0.5, std=0.5):
   m = np.asarray(mean, np.float32)
   s = np.asarray(std, np.float32)
   return lambda ex, rng: {**ex, 'image': ((ex['image'].astype(np.float32) / 255.0) - m) / s}
-
-
-def parse_call(text):
-  try:
-    node = ast.parse(text.strip(), mode='eval').body
-    if isinstance(node, ast.Name):
-      return node.id, (), {}
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-      args = tuple(ast.literal_eval(a) for a in node.args)
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-      return node.func.id, args, kwargs
-  except (SyntaxError, ValueError):
-    pass
-  raise UserError(f'cannot parse op {text!r}: expected name or name(literal args)')
-
-
-def parse(spec: str):
-  """'a(1)|b' -> one function (example, rng) -> example. Empty spec: identity."""
-  fns = []
-  for part in filter(None, (p.strip() for p in (spec or '').split('|'))):
-    name, args, kwargs = parse_call(part)
-    if name not in OPS:
-      raise UserError(f'unknown preprocessing op {name!r} in {spec!r}; known: {", ".join(sorted(OPS))}')
-    try:
-      fns.append(OPS[name](*args, **kwargs))
-    except TypeError as e:
-      raise UserError(f'bad arguments for op {part!r}: {e}') from None
-
-  def apply(ex, rng):
-    for f in fns:
-      ex = f(ex, rng)
-    return ex
-  return apply
-

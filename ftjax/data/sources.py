@@ -11,10 +11,11 @@ import zlib
 
 import numpy as np
 
-from ftjax.data import image_ops
+from ftjax.data import ops
 from ftjax.errors import UserError
 
-EMBEDDED = ('ftjax_digits',)       # TFDS builders of ours, built on first use
+EMBEDDED = ('ftjax_digits', 'ftjax_pydoc', 'ftjax_sentiment')   # TFDS builders of ours, built on first use
+TEXT_EXTS = ('.txt', '.jsonl', '.csv')
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
 _SLICE = re.compile(r'^(?P<name>[^\[\]]+)(\[(?P<lo>-?\d*%?):(?P<hi>-?\d*%?)\])?$')
 
@@ -94,6 +95,40 @@ def _load_npz(path):
   return ArraySource(images[..., None] if images.ndim == 3 else images, labels)
 
 
+def _load_text(path):
+  """Local text: .txt (one document per blank-line-separated paragraph), .jsonl (one JSON object a
+  line), .csv (a header row). Invalid UTF-8 is replaced, blank documents skipped."""
+  import csv
+  import json
+  rows = []
+  with open(path, encoding='utf-8', errors='replace', newline='') as f:
+    if path.endswith('.txt'):
+      rows = [{'text': d.strip()} for d in re.split(r'\n\s*\n', f.read()) if d.strip()]
+    elif path.endswith('.jsonl'):
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            rows.append(json.loads(line))
+          except json.JSONDecodeError as e:
+            raise UserError(f'{path}:{n}: not valid JSON ({e.msg})') from None
+    else:
+      rows = list(csv.DictReader(f))
+  if not rows:
+    raise UserError(f'{path}: no documents')
+  return ListSource(rows)
+
+
+class ListSource:
+  def __init__(self, rows):
+    self.rows = rows
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    return self.rows[i]
+
+
 def synthetic(n=256, size=32, channels=3, classes=10, seed=0):
   """Generated images whose class sets the position of a bright band: learnable, no files."""
   rng = np.random.default_rng(seed)
@@ -119,7 +154,7 @@ def _lock(path):
 
 def _tfds_source(name, split, data_dir):
   import tensorflow_datasets as tfds
-  from ftjax.data import digits  # noqa: F401  registers the embedded builder
+  from ftjax.data import digits, pydoc, sentiment  # noqa: F401  registers the embedded builders
   data_dir = data_dir or None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -155,13 +190,18 @@ def get_source(dataset: str, split: str, data_dir: str = ''):
   if not m:
     raise UserError(f'bad split {split!r}: expected NAME or NAME[lo:hi] (ints or percents)')
   if dataset.startswith('synthetic'):
-    _, args, kwargs = image_ops.parse_call(dataset)
+    _, args, kwargs = ops.parse_call(dataset)
     src = synthetic(*args, **{'seed': zlib.crc32(m['name'].encode()), **kwargs})
-  elif dataset.endswith('.npz') or '/' in dataset or os.path.sep in dataset:
+  elif dataset.endswith(('.npz',) + TEXT_EXTS) or '/' in dataset or os.path.sep in dataset:
     path = os.path.expanduser(dataset.replace('{split}', m['name']))
     if not os.path.exists(path):
       raise UserError(f'dataset path {path!r} (split {m["name"]!r}) does not exist')
-    src = _load_npz(path) if path.endswith('.npz') else FolderSource(path)
+    if path.endswith('.npz'):
+      src = _load_npz(path)
+    elif path.endswith(TEXT_EXTS):
+      src = _load_text(path)
+    else:
+      src = FolderSource(path)
   else:
     return _tfds_source(dataset, split, data_dir)   # TFDS slices natively
   lo, hi = _slice_bounds(len(src), m['lo'], m['hi'])

@@ -1,7 +1,9 @@
-"""Accuracy and mean loss over a whole split, every example counted once (padding masked out)."""
+"""Accuracy, macro-F1, MCC and mean loss over a whole split, every example counted once (padding and
+zero-weight predictions, e.g. unused MLM slots, masked out)."""
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from sklearn.metrics import f1_score, matthews_corrcoef
 
 from ftjax import data, parallel
 
@@ -20,7 +22,7 @@ class Evaluator:
                              jax.process_index(), jax.process_count())
 
   def outputs(self, state):
-    """Per-example predictions of the whole split, on every host: dict of 1-D numpy arrays."""
+    """Per-prediction outputs of the whole split, on every host: dict of flat numpy arrays."""
     chunks = []
     for local in self.batches():
       mask = local.pop('_mask')
@@ -29,11 +31,16 @@ class Evaluator:
       chunks.append(multihost_utils.process_allgather(out, tiled=True) if jax.process_count() > 1
                     else jax.device_get(out))
     cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    keep = cat.pop('_mask') > 0
-    return {k: v[keep] for k, v in cat.items()}
+    mask = cat.pop('_mask')
+    weight = cat.pop('weight', np.ones_like(mask))
+    keep = (weight * mask.reshape(mask.shape + (1,) * (weight.ndim - 1))).reshape(-1) > 0
+    return {k: v.reshape(-1)[keep] for k, v in cat.items()}
 
   def __call__(self, state) -> dict:
     out = self.outputs(state)
-    return {f'{self.name}/accuracy': float(np.mean(out['pred'] == out['label'])),
+    y, p = out['label'], out['pred']
+    return {f'{self.name}/accuracy': float(np.mean(p == y)),
+            f'{self.name}/macro_f1': float(f1_score(y, p, average='macro')),
+            f'{self.name}/mcc': float(matthews_corrcoef(y, p)),
             f'{self.name}/loss': float(np.mean(out['loss'])),
-            f'{self.name}/examples': float(len(out['label']))}
+            f'{self.name}/examples': float(len(y))}

@@ -23,3 +23,10 @@ def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
   kwargs = dict(cfg)
   name = kwargs.pop('name')
   return get_module(name).build(kwargs, rngs)
+
+
+def vocab_size(cfg) -> int | None:
+  """The model's vocabulary size, for models that read tokens (None otherwise)."""
+  kwargs = dict(cfg)
+  fn = getattr(get_module(kwargs.pop('name')), 'vocab_size', None)
+  return fn(kwargs) if fn else None

@@ -283,13 +283,11 @@ HEADS = {'none': BertModel, 'mlm': BertForPreTraining, 'pretraining': BertForPre
          'qa': BertForQuestionAnswering}
 
 
-def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
-  """cfg: head (none|mlm|pretraining|classification|token_classification|qa), num_labels, dtype,
-  `config` (a path to a transformers config.json / model directory, or ''), and BertConfig overrides."""
+def _split_cfg(cfg: dict):
+  """Model cfg -> (head, dtype name, num_labels, BertConfig): `config` (a transformers config.json or
+  model directory, or '') gives the base, the remaining keys override BertConfig fields."""
   cfg = dict(cfg)
-  head = cfg.pop('head', 'none')
-  dtype = models.dtype(cfg.pop('dtype', 'float32'))
-  num_labels = cfg.pop('num_labels', 2)
+  head, dtype, num_labels = cfg.pop('head', 'none'), cfg.pop('dtype', 'float32'), cfg.pop('num_labels', 2)
   base: dict[str, Any] = {}
   if cfg.get('config'):
     from ftjax import hf
@@ -298,10 +296,20 @@ def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
   unknown = set(cfg) - {f.name for f in dataclasses.fields(BertConfig)}
   if unknown:
     raise UserError(f'model config for bert: unknown keys {sorted(unknown)}')
-  bcfg = BertConfig.from_dict({**base, **cfg})
   if head not in HEADS:
     raise UserError(f'bert head={head!r}; choose one of {", ".join(HEADS)}')
-  kw = dict(dtype=dtype, rngs=rngs)
+  return head, dtype, num_labels, BertConfig.from_dict({**base, **cfg})
+
+
+def vocab_size(cfg: dict) -> int:
+  return _split_cfg(cfg)[3].vocab_size
+
+
+def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
+  """cfg: head (none|mlm|pretraining|classification|token_classification|qa), num_labels, dtype,
+  `config` and BertConfig overrides (see _split_cfg)."""
+  head, dtype, num_labels, bcfg = _split_cfg(cfg)
+  kw = dict(dtype=models.dtype(dtype), rngs=rngs)
   if head in ('classification', 'token_classification'):
     kw['num_labels'] = num_labels
   if head == 'pretraining':

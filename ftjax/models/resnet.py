@@ -162,7 +162,7 @@ class ResNet(nnx.Module):
       x = nnx.relu(self.final_norm(x))
     return x.mean(axis=(1, 2)).astype(jnp.float32)
 
-  def __call__(self, x):
+  def __call__(self, x, rngs=None):
     feats = self.embed(x)
     return feats if self.head is None else self.head(feats).astype(jnp.float32)
 

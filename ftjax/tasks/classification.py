@@ -1,18 +1,28 @@
-"""Supervised classification: softmax cross-entropy (optional label smoothing) on batch['label']."""
+"""Supervised classification: softmax cross-entropy (optional label smoothing) on batch['label'].
+
+`task.inputs` names the batch keys given to the model: ('image',) for ResNets,
+('input_ids', 'attention_mask', 'token_type_ids') for BERT.
+"""
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
+
+
+def call(model, batch, inputs, rng=None, **kw):
+  """model(*batch[inputs], rngs=...) with dropout keys derived from `rng` (train mode only)."""
+  return model(*(batch[k] for k in inputs), rngs=nnx.Rngs(dropout=rng) if rng is not None else None, **kw)
 
 
 class Task:
-  input_key = 'image'
 
   def __init__(self, cfg):
     self.label_smoothing = cfg.get('label_smoothing', 0.0)
+    self.inputs = tuple(cfg.get('inputs', ('image',)))
 
   def loss(self, model, batch, rng=None):
     """Mean loss over the batch and scalar metrics (means) for logging."""
-    logits = model(batch[self.input_key]).astype(jnp.float32)
+    logits = call(model, batch, self.inputs, rng).astype(jnp.float32)
     labels = batch['label']
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), self.label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
@@ -20,7 +30,6 @@ class Task:
 
   def predict(self, model, batch):
     """Per-example outputs the evaluators reduce on the host: prediction, label and unsmoothed loss."""
-    logits = model(batch[self.input_key]).astype(jnp.float32)
+    logits = call(model, batch, self.inputs).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return {'pred': logits.argmax(-1), 'label': batch['label'], 'loss': loss}
-

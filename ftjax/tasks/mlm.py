@@ -1,0 +1,43 @@
+"""Masked-language-model pretraining (+ next-sentence prediction when the batch carries its label).
+
+The batch carries fixed-size predictions from the mlm_mask op: masked_positions / masked_ids /
+masked_weights [B, P]; the model projects to the vocabulary only there.
+"""
+import jax.numpy as jnp
+import optax
+
+from ftjax.tasks.classification import call
+
+INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
+
+
+class Task:
+
+  def __init__(self, cfg):
+    self.nsp_weight = cfg.get('nsp_weight', 1.0)
+
+  def _forward(self, model, batch, rng=None):
+    out = call(model, batch, INPUTS, rng, masked_positions=batch['masked_positions'])
+    ce = optax.softmax_cross_entropy_with_integer_labels(out['mlm_logits'], batch['masked_ids'])
+    return out, ce
+
+  def loss(self, model, batch, rng=None):
+    out, ce = self._forward(model, batch, rng)
+    w = batch['masked_weights']
+    n = jnp.maximum(w.sum(), 1.0)
+    mlm = (ce * w).sum() / n
+    acc = ((out['mlm_logits'].argmax(-1) == batch['masked_ids']) * w).sum() / n
+    metrics = {'mlm_loss': mlm, 'mlm_accuracy': acc}
+    loss = mlm
+    if out.get('nsp_logits') is not None and 'next_sentence_label' in batch:
+      nsp = optax.softmax_cross_entropy_with_integer_labels(out['nsp_logits'], batch['next_sentence_label']).mean()
+      metrics.update(nsp_loss=nsp, nsp_accuracy=(out['nsp_logits'].argmax(-1) == batch['next_sentence_label']).mean())
+      loss = mlm + self.nsp_weight * nsp
+    metrics['loss'] = loss
+    return loss, metrics
+
+  def predict(self, model, batch):
+    """Per masked token: prediction, label, loss, and weight (0 for unused prediction slots)."""
+    out, ce = self._forward(model, batch)
+    return {'pred': out['mlm_logits'].argmax(-1), 'label': batch['masked_ids'], 'loss': ce,
+            'weight': batch['masked_weights']}
