@@ -1,4 +1,4 @@
-"""A small BERT pretrained from scratch with masked-LM on the embedded corpus (ftjax_pydoc: CPython's
+"""A small BERT (4 layers, 128 wide) pretrained from scratch with masked-LM on the embedded corpus (ftjax_pydoc: CPython's
 pydoc topics + standard-library docstrings), with an 8,000-token WordPiece vocabulary trained on it.
 
   python -m ftjax.main --config=configs/bert_mlm_pydoc.py --workdir=runs/mlm
@@ -10,7 +10,7 @@ from ftjax.defaults import base_config, eval_config
 def get_config(arg=None):
   smoke = arg == 'smoke'
   c = base_config()
-  c.total_steps = 8 if smoke else 1200
+  c.total_steps = 8 if smoke else 1000
   c.log_every = 2 if smoke else 50
 
   c.input.dataset = 'ftjax_pydoc'
@@ -25,10 +25,10 @@ def get_config(arg=None):
   c.model.name = 'bert'
   c.model.head = 'mlm'
   c.model.vocab_size = 8000
-  c.model.hidden_size = 64 if smoke else 256
+  c.model.hidden_size = 64 if smoke else 128
   c.model.num_hidden_layers = 2 if smoke else 4
   c.model.num_attention_heads = 4
-  c.model.intermediate_size = 128 if smoke else 1024
+  c.model.intermediate_size = 128 if smoke else 512
   c.model.max_position_embeddings = 128
   c.task.name = 'mlm'
 
@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.schedule.name = 'linear'
   c.schedule.warmup_steps = 1 if smoke else 100
 
-  c.evals.eval = eval_config(split='validation', every=0 if smoke else 300, batch_size=64)
-  c.checkpoint.every = 4 if smoke else 300
+  c.evals.eval = eval_config(split='validation', every=0 if smoke else 250, batch_size=64)
+  c.checkpoint.every = 4 if smoke else 500
   c.checkpoint.best_metric = 'eval/accuracy'
   return c

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run_main
@@ -27,6 +28,22 @@ def test_config_is_short_and_has_smoke(path):
   assert full.model.name and full.input.dataset
   steps = lambda c: c.total_steps if c.total_steps > 0 else float('inf')
   assert steps(smoke) < steps(full) or smoke.input.batch_size < full.input.batch_size
+
+
+TEXT_SMOKES = ['bert_mlm_pydoc.py:smoke', 'bert_base_mlm.py:smoke', 'bert_glue.py:stsb,smoke',
+               'bert_glue.py:mrpc,smoke', 'bert_finetune_sentiment.py:smoke']
+
+
+@pytest.mark.parametrize('config', TEXT_SMOKES)
+def test_text_config_smoke_runs(config, tmp_path):
+  proc = run_main(f'--config=configs/{config}', f'--workdir={tmp_path}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'metrics.jsonl') as f:
+    rows = [json.loads(line) for line in f]
+  losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+  assert losses and all(np.isfinite(losses))
+  metric = 'eval/pearson' if 'stsb' in config else 'eval/accuracy'
+  assert any(metric in r for r in rows)
 
 
 def test_imagenet_recipe_smoke_runs_on_generated_data(tmp_path):

@@ -141,6 +141,24 @@ def synthetic(n=256, size=32, channels=3, classes=10, seed=0):
   return ArraySource(images, labels)
 
 
+def synthetic_text(n=256, classes=2, pair=False, seed=0):
+  """Generated sentences whose label sets which words dominate: text smoke runs, no files."""
+  rng = np.random.default_rng(seed)
+  common = 'the a of and to in is it that was for on are with as his they at be this from'.split()
+  topical = [f'word{c}x{k}' for c in range(classes) for k in range(5)]
+  rows = []
+  for i in range(n):
+    label = i % classes
+    def sentence():
+      words = list(rng.choice(common, 8)) + [topical[label * 5 + k] for k in rng.integers(0, 5, 3)]
+      return ' '.join(rng.permutation(words))
+    row = {'text': sentence(), 'label': label}
+    if pair:
+      row['text_pair'] = sentence()
+    rows.append(row)
+  return ListSource(rows)
+
+
 @contextlib.contextmanager
 def _lock(path):
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -183,15 +201,19 @@ def _tfds_source(name, split, data_dir):
 
 
 def get_source(dataset: str, split: str, data_dir: str = ''):
-  """dataset: TFDS name | path to .npz or folder (may contain '{split}') | 'synthetic(...)'."""
+  """dataset: TFDS name | path to .npz, .txt, .jsonl, .csv or an image folder (may contain '{split}') |
+  'synthetic(...)' | 'synthetic_text(...)'."""
   if not dataset:
     raise UserError('config.input.dataset is empty; name a TFDS dataset, an .npz file or an image folder')
   m = _SLICE.match(split.replace(' ', ''))
   if not m:
     raise UserError(f'bad split {split!r}: expected NAME or NAME[lo:hi] (ints or percents)')
   if dataset.startswith('synthetic'):
-    _, args, kwargs = ops.parse_call(dataset)
-    src = synthetic(*args, **{'seed': zlib.crc32(m['name'].encode()), **kwargs})
+    name, args, kwargs = ops.parse_call(dataset)
+    gen = {'synthetic': synthetic, 'synthetic_text': synthetic_text}.get(name)
+    if gen is None:
+      raise UserError(f'dataset {dataset!r}: choose synthetic(...) or synthetic_text(...)')
+    src = gen(*args, **{'seed': zlib.crc32(m['name'].encode()), **kwargs})
   elif dataset.endswith(('.npz',) + TEXT_EXTS) or '/' in dataset or os.path.sep in dataset:
     path = os.path.expanduser(dataset.replace('{split}', m['name']))
     if not os.path.exists(path):

@@ -222,3 +222,22 @@ def mlm_mask(rate=0.15, max_predictions=20, whole_word=False, tok=None):
     return {**ex, 'input_ids': masked.astype(np.int32), 'attention_mask': (ids != special['[PAD]']).astype(np.int32),
             'masked_positions': pos, 'masked_ids': labels, 'masked_weights': weights}
   return op
+
+
+@register
+def label(field='label', names=(), dtype='int'):
+  """The example's label from column `field`: by position in `names` when given (string classes in a
+  CSV / JSONL), else int(...) or float(...) (dtype='float' for regression)."""
+  names = tuple(names)
+
+  def op(ex, rng):
+    v = ex[field]
+    v = as_text(v) if isinstance(v, (bytes, np.bytes_)) else v
+    if names:
+      if v not in names:
+        raise UserError(f'label {v!r} in column {field!r} is not one of {names}')
+      out = names.index(v)
+    else:
+      out = float(v) if dtype == 'float' else int(v)
+    return {**ex, 'label': np.float32(out) if dtype == 'float' else np.int32(out)}
+  return op
