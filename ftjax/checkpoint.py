@@ -75,16 +75,18 @@ class Checkpointer:
 
 
 def _flat(tree):
-  return {jax.tree_util.keystr(p): (p, v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  """{'a.0.kernel': leaf}: dotted names, list indices and their restored string form ('0') alike."""
+  return {'.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def merge_by_name(target: dict, source: dict, reinit: str = ''):
   """Copies source leaves into target where paths and shapes agree, except paths matching `reinit`.
   Returns (merged tree, report of loaded / initialised / ignored paths)."""
   import re
-  src = {k: v for k, (_, v) in _flat(source).items()}
+  src = _flat(source)
   loaded, initialised, leaves = [], [], []
-  for key, (_, value) in _flat(target).items():
+  for key, value in _flat(target).items():
     if key in src and not (reinit and re.search(reinit, key)) and tuple(src[key].shape) == tuple(value.shape):
       leaves.append(jax.numpy.asarray(src[key], value.dtype))
       loaded.append(key)

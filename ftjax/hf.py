@@ -144,12 +144,14 @@ def from_pretrained(path: str, head: str = 'none', num_labels: int = 2, dtype: s
   return model, report
 
 
-def describe(report: dict, source: str) -> str:
+def describe(report: dict, source: str, most: int = 12) -> str:
+  def names(xs):
+    return ', '.join(xs[:most]) + (f', ... ({len(xs) - most} more)' if len(xs) > most else '')
   lines = [f'loaded {len(report["loaded"])} tensors from {source}']
   if report['initialised']:
-    lines.append(f'  freshly initialised (not in the checkpoint): {", ".join(report["initialised"])}')
+    lines.append(f'  freshly initialised (absent, other shape, or init.reinit): {names(report["initialised"])}')
   if report['ignored']:
-    lines.append(f'  ignored (not in the model): {", ".join(report["ignored"])}')
+    lines.append(f'  ignored (not in the model): {names(report["ignored"])}')
   return '\n'.join(lines)
 
 

@@ -166,3 +166,31 @@ def test_pytorch_bin_is_read_with_weights_only(tmp_path):
   model.eval()
   enc = _inputs()
   np.testing.assert_allclose(model(**enc).pooler_output, torch_out(ref, enc).pooler_output.numpy(), atol=1e-4)
+
+
+def test_finetune_init_from_an_ftjax_mlm_checkpoint(tmp_path):
+  """An MLM run's checkpoint initialises a classifier: encoder copied by name, new parts fresh."""
+  from ml_collections import ConfigDict
+  from ftjax import checkpoint, defaults, optim, train
+  base = dict(name='bert', **{k: v for k, v in SMALL.items() if k != 'hidden_act'})
+  cfg = defaults.base_config()
+  tx, _ = optim.build(cfg.optim, cfg.schedule, 10)
+  mlm_state = train.initialize(train.make_init(ConfigDict({**base, 'head': 'mlm'}), tx, seed=1), None)
+  ck = checkpoint.Checkpointer(str(tmp_path / 'mlm'), cfg.checkpoint)
+  ck.save(7, mlm_state, {'next_index': 0})
+  ck.wait()
+  ck.close()
+  cls_cfg = ConfigDict({**base, 'head': 'classification', 'num_labels': 3})
+  fresh = train.initialize(train.make_init(cls_cfg, tx, seed=2), None)
+  init = ConfigDict(dict(source=str(tmp_path / 'mlm'), reinit=''))
+  loaded = train.load_pretrained(fresh, init, jax.tree.map(lambda _: None, fresh))
+  np.testing.assert_array_equal(loaded.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'],
+                                mlm_state.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'])
+  np.testing.assert_array_equal(loaded.params['classifier']['kernel'], fresh.params['classifier']['kernel'])
+  np.testing.assert_array_equal(loaded.params['bert']['pooler']['dense']['kernel'],
+                                fresh.params['bert']['pooler']['dense']['kernel'])   # MLM model has no pooler
+  # reinit keeps matching parameters fresh on purpose (head surgery by pattern).
+  init.reinit = r'embeddings'
+  again = train.load_pretrained(fresh, init, jax.tree.map(lambda _: None, fresh))
+  np.testing.assert_array_equal(again.params['bert']['embeddings']['word_embeddings']['embedding'],
+                                fresh.params['bert']['embeddings']['word_embeddings']['embedding'])
