@@ -6,6 +6,7 @@ so a resumed run sees exactly the batches an uninterrupted run would have.
 Eval: every example exactly once, the last batch padded and masked (`_mask`), the same number of
 batches on every process.
 """
+import functools
 import math
 import os
 import zlib
@@ -49,15 +50,20 @@ def tokenizer(cfg):
 
 
 def _source(cfg, split, tok):
-  src = get_source(cfg.dataset, split, cfg.data_dir)
-  if cfg.get('pack'):
-    from ftjax.data import text
-    if tok is None:
-      raise UserError('input.pack needs input.tokenizer')
-    docs = [src[i][cfg.text_field] for i in range(len(src))]
-    packed = text.pack_documents(docs, tok, cfg.max_len, nsp=cfg.nsp, seed=zlib.crc32(split.encode()))
-    src = _Columns(packed)
-  return src
+  if not cfg.get('pack'):
+    return get_source(cfg.dataset, split, cfg.data_dir)
+  if tok is None:
+    raise UserError('input.pack needs input.tokenizer')
+  return _packed(cfg.dataset, split, cfg.data_dir, cfg.text_field, cfg.tokenizer, cfg.max_len, cfg.nsp, tok)
+
+
+@functools.lru_cache(maxsize=4)
+def _packed(dataset, split, data_dir, text_field, tokenizer_spec, max_len, nsp, tok):
+  """Packed once per process: evaluators reuse the packing of their split at every evaluation."""
+  from ftjax.data import text
+  src = get_source(dataset, split, data_dir)
+  docs = [src[i][text_field] for i in range(len(src))]
+  return _Columns(text.pack_documents(docs, tok, max_len, nsp=nsp, seed=zlib.crc32(split.encode())))
 
 
 class _Columns:
