@@ -117,8 +117,7 @@ def convert_from_hf(state_dict: dict, params: dict, source: str = 'checkpoint'):
 
 
 def _unflat(flat: dict, like):
-  leaves, treedef = jax.tree_util.tree_flatten(like)
-  return jax.tree_util.tree_unflatten(treedef, [flat[p] for p in _flat(like)])
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), [flat[p] for p in _flat(like)])
 
 
 def convert_to_hf(params: dict) -> dict:

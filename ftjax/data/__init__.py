@@ -54,12 +54,13 @@ def _source(cfg, split, tok):
     return get_source(cfg.dataset, split, cfg.data_dir)
   if tok is None:
     raise UserError('input.pack needs input.tokenizer')
-  return _packed(cfg.dataset, split, cfg.data_dir, cfg.text_field, cfg.tokenizer, cfg.max_len, cfg.nsp, tok)
+  return _packed(cfg.dataset, split, cfg.data_dir, cfg.text_field, cfg.max_len, cfg.nsp, tok)
 
 
 @functools.lru_cache(maxsize=4)
-def _packed(dataset, split, data_dir, text_field, tokenizer_spec, max_len, nsp, tok):
-  """Packed once per process: evaluators reuse the packing of their split at every evaluation."""
+def _packed(dataset, split, data_dir, text_field, max_len, nsp, tok):
+  """Packed once per process: evaluators reuse the packing of their split at every evaluation.
+  `tok` comes from text.load_tokenizer's cache, so the same tokenizer is the same cache key."""
   from ftjax.data import text
   src = get_source(dataset, split, data_dir)
   docs = [src[i][text_field] for i in range(len(src))]

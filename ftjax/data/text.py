@@ -90,6 +90,7 @@ def pack_documents(docs, tok, max_len: int, nsp: bool = False, seed: int = 0):
     raise UserError('the corpus has no text left after tokenisation')
   rng = np.random.default_rng(seed)
   n = len(chunks)
+  several_docs = len(set(doc_of)) > 1
   ids = np.full((n, max_len), sp['[PAD]'], np.int32)
   types = np.zeros((n, max_len), np.int32)
   nsp_labels = np.zeros(n, np.int32)
@@ -101,7 +102,7 @@ def pack_documents(docs, tok, max_len: int, nsp: bool = False, seed: int = 0):
       a, b = c[:cut], c[cut:] or c[-1:]
       if rng.random() < 0.5 and n > 1:
         j = int(rng.integers(n))
-        while doc_of[j] == doc_of[k] and len(set(doc_of)) > 1:
+        while doc_of[j] == doc_of[k] and several_docs:
           j = int(rng.integers(n))
         b, nsp_labels[k] = chunks[j][:len(b)], 1
       seq = [sp['[CLS]']] + a + [sp['[SEP]']] + b + [sp['[SEP]']]
