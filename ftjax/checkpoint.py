@@ -80,19 +80,24 @@ def _flat(tree):
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def merge_by_name(target: dict, source: dict, reinit: str = ''):
-  """Copies source leaves into target where paths and shapes agree, except paths matching `reinit`.
-  Returns (merged tree, report of loaded / initialised / ignored paths)."""
+def merge_by_name(target: dict, source: dict, reinit: str = '', where: str = 'init.source'):
+  """Copies source leaves into target where paths agree, except paths matching the regex `reinit`.
+  A shape disagreement outside `reinit` is an error. Returns (merged tree, report of loaded /
+  initialised / ignored paths)."""
   import re
   src = _flat(source)
   loaded, initialised, leaves = [], [], []
   for key, value in _flat(target).items():
-    if key in src and not (reinit and re.search(reinit, key)) and tuple(src[key].shape) == tuple(value.shape):
-      leaves.append(jax.numpy.asarray(src[key], value.dtype))
-      loaded.append(key)
-    else:
+    if key not in src or (reinit and re.search(reinit, key)):
       leaves.append(value)
       initialised.append(key)
+      continue
+    if tuple(src[key].shape) != tuple(value.shape):
+      raise UserError(f'{where}: {key} has shape {tuple(src[key].shape)} there but {tuple(value.shape)} in the '
+                      f'model; to train it afresh set init.reinit to a pattern matching it, e.g. '
+                      f'{key.split(".")[0]!r}')
+    leaves.append(jax.numpy.asarray(src[key], value.dtype))
+    loaded.append(key)
   ignored = sorted(set(src) - set(loaded))
   return (jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves),
           {'loaded': loaded, 'initialised': initialised, 'ignored': ignored})

@@ -32,10 +32,17 @@ def base_config() -> ml_collections.ConfigDict:
       nsp=False,              # with pack: sentence pairs and next_sentence_label
   ))
 
-  c.model = ml_collections.ConfigDict(dict(name='', dtype='float32'))
+  # lora: rank > 0 adds adapters to the dense layers whose path matches `targets` (a regex).
+  c.model = ml_collections.ConfigDict(dict(name='', dtype='float32',
+                                           lora=dict(rank=0, alpha=0.0, targets='')))
   # inputs: the batch keys passed to the model, in order. num_labels=1 in classification = regression.
-  c.task = ml_collections.ConfigDict(dict(name='classification', label_smoothing=0.0, inputs=('image',),
-                                          nsp_weight=1.0))
+  # train_mode=False runs the model in eval mode while training (BatchNorm keeps its running
+  # statistics, no dropout): what a linear probe on frozen features wants.
+  # temperature, augment: the contrastive (SimCLR) task; its images arrive in [0, 1].
+  c.task = ml_collections.ConfigDict(dict(
+      name='classification', label_smoothing=0.0, inputs=('image',), nsp_weight=1.0, train_mode=True,
+      temperature=0.1,
+      augment=dict(crop_min=0.08, flip=0.5, jitter=1.0, gray=0.2, blur=0.5, normalize=(0.5, 0.5), size=0)))
 
   c.optim = ml_collections.ConfigDict(dict(
       name='adamw',           # adamw | sgd | lamb | lars
@@ -46,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
       trust_coefficient=0.001,        # lars
       clip_norm=0.0,          # global-norm clipping; 0 = off
       accum_steps=1,          # split each batch into this many micro-batches, one update
+      # Which parameters train (regexes over dotted names, e.g. 'bert.encoder.layer.3.output.dense.kernel'):
+      trainable='',           # only these ('head' = linear probe, 'lora_' = adapters); '' = all
+      freeze='',              # none of these
+      layer_decay=1.0,        # layer-wise lr decay: layer l of L gets lr * layer_decay ** (L - l)
   ))
   c.schedule = ml_collections.ConfigDict(dict(
       name='cosine',          # cosine | linear | constant (after warmup)

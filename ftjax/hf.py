@@ -1,9 +1,10 @@
-"""transformers model directories <-> ftjax BERT models, both ways, without pickles.
+"""transformers model directories <-> ftjax models (BERT, ResNet v1.5), both ways, without pickles.
 
 Reading prefers model.safetensors; pytorch_model.bin is read with torch.load(weights_only=True).
-ftjax's module paths mirror transformers', so conversion renames leaves (kernel <-> weight, with a
-transpose; embedding / LayerNorm scale <-> weight) and handles the `bert.` prefix that base-model
-checkpoints lack.
+Each model family names its parameters after transformers' modules and says how one maps to the
+other (`hf_name`: the name and a layout, 'T' for a transposed dense kernel, 'conv' for HWIO <-> OIHW);
+this file only renames, re-lays-out and reports. The base model's prefix (`bert.`, `resnet.`) is
+optional on both sides, so a base checkpoint loads into a model with a head and the reverse.
 """
 import json
 import os
@@ -14,7 +15,12 @@ from flax import nnx
 
 from ftjax.errors import UserError
 
-IGNORED_SOURCE_KEYS = ('position_ids', 'cls.predictions.decoder.weight', 'cls.predictions.decoder.bias')
+# transformers model_type -> ftjax model name (a module under ftjax.models with hf_name / hf_config).
+MODEL_TYPES = {'bert': 'bert', 'resnet': 'resnet'}
+IGNORED_SOURCE_KEYS = ('position_ids', 'cls.predictions.decoder.weight', 'cls.predictions.decoder.bias',
+                       'num_batches_tracked')
+LAYOUTS = {None: (lambda w: w, lambda w: w), 'T': (np.transpose, np.transpose),
+           'conv': (lambda w: w.transpose(2, 3, 1, 0), lambda w: w.transpose(3, 2, 0, 1))}   # (from hf, to hf)
 
 
 def resolve(path) -> str:
@@ -30,20 +36,33 @@ def resolve(path) -> str:
   return os.path.expanduser(path)
 
 
+def is_hf_dir(path) -> bool:
+  return os.path.exists(os.path.join(resolve(path), 'config.json'))
+
+
 def _config_path(path):
   return os.path.join(path, 'config.json') if os.path.isdir(path) else path
 
 
-def read_config(path: str) -> dict:
+def read_config(path: str, expect: str | None = None) -> dict:
+  """config.json as a dict; `expect` checks its model_type (BERT configs may omit it)."""
   p = _config_path(resolve(path))
   try:
     with open(p) as f:
       cfg = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise UserError(f'cannot read a transformers config at {p}: {e}') from None
-  if cfg.get('model_type', 'bert') != 'bert':
-    raise UserError(f'{p}: model_type={cfg.get("model_type")!r}, expected a BERT checkpoint')
+  mt = cfg.setdefault('model_type', 'bert')
+  if mt not in MODEL_TYPES:
+    raise UserError(f'{p}: model_type={mt!r} is not supported; ftjax converts {", ".join(MODEL_TYPES)}')
+  if expect and mt != expect:
+    raise UserError(f'{p}: model_type={mt!r}, expected a {expect} checkpoint (model.name={expect})')
   return cfg
+
+
+def family(model_type: str):
+  from ftjax import models
+  return models.get_module(MODEL_TYPES[model_type])
 
 
 def load_state_dict(path: str) -> dict:
@@ -63,81 +82,83 @@ def load_state_dict(path: str) -> dict:
 def _flat(tree):
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    out[tuple(getattr(k, 'key', getattr(k, 'idx', None)) for k in path)] = leaf
+    out[tuple(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)] = leaf
   return out
-
-
-def hf_name(path: tuple) -> tuple[str, bool]:
-  """ftjax param path -> (transformers name, transpose?)."""
-  *mods, leaf = (str(p) for p in path)
-  if leaf == 'kernel':
-    return '.'.join(mods + ['weight']), True
-  if leaf in ('embedding', 'scale'):
-    return '.'.join(mods + ['weight']), False
-  return '.'.join(mods + [leaf]), False
-
-
-def _normalise(sd: dict, target_has_bert_prefix: bool) -> dict:
-  out = {}
-  for k, v in sd.items():
-    k = k.replace('LayerNorm.gamma', 'LayerNorm.weight').replace('LayerNorm.beta', 'LayerNorm.bias')
-    if target_has_bert_prefix and k.split('.')[0] in ('embeddings', 'encoder', 'pooler'):
-      k = 'bert.' + k
-    elif not target_has_bert_prefix and k.startswith('bert.'):
-      k = k[len('bert.'):]
-    out[k] = v
-  return out
-
-
-def convert_from_hf(state_dict: dict, params: dict, source: str = 'checkpoint'):
-  """Fills `params` (pure dict) from a transformers state dict.
-  Returns (new params, report) with report = {'loaded', 'initialised', 'ignored'} lists of names."""
-  flat = _flat(params)
-  sd = _normalise(state_dict, 'bert' in params)
-  loaded, initialised, new = [], [], {}
-  for path, value in flat.items():
-    name, transpose = hf_name(path)
-    if name not in sd:
-      initialised.append(name)
-      new[path] = value
-      continue
-    w = np.asarray(sd[name])
-    w = w.T if transpose else w
-    if w.shape != value.shape:
-      raise UserError(f'{source}: parameter {name} has shape {tuple(w.shape)} in the checkpoint but '
-                      f'{tuple(value.shape)} in the model (wrong architecture or config?)')
-    new[path] = w.astype(value.dtype)
-    loaded.append(name)
-  if not loaded:
-    raise UserError(f'{source}: none of its {len(sd)} tensors matches a BERT parameter (first: '
-                    f'{sorted(sd)[:3]}); is it a BERT checkpoint?')
-  used = set(loaded)
-  ignored = sorted(k for k in sd if k not in used and not k.endswith(IGNORED_SOURCE_KEYS))
-  return _unflat(new, params), {'loaded': loaded, 'initialised': initialised, 'ignored': ignored}
 
 
 def _unflat(flat: dict, like):
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), [flat[p] for p in _flat(like)])
 
 
-def convert_to_hf(params: dict) -> dict:
+def _strip(name: str, prefix: str) -> str:
+  name = name.replace('LayerNorm.gamma', 'LayerNorm.weight').replace('LayerNorm.beta', 'LayerNorm.bias')
+  return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def convert_from_hf(state_dict: dict, params: dict, model_state: dict | None = None, *, source='checkpoint',
+                    model_type='bert', reinit: str = ''):
+  """Fills `params` and `model_state` (pure dicts; BatchNorm statistics live in the latter) from a
+  transformers state dict. Names matching the regex `reinit` keep their fresh values, whatever their
+  shape in the checkpoint (head surgery); it is matched against transformers' and ftjax's names. Returns (params, model_state, report) with report =
+  {'loaded', 'initialised', 'ignored'}: lists of transformers names."""
+  import re
+  fam = family(model_type)
+  prefix = fam.HF_PREFIX
+  sd = {_strip(k, prefix): v for k, v in state_dict.items()}
+  loaded, initialised, out = [], [], []
+  for tree in (params, model_state or {}):
+    new = {}
+    for path, value in _flat(tree).items():
+      name, layout = fam.hf_name(path)
+      key = _strip(name, prefix)
+      if key not in sd or (reinit and (re.search(reinit, name) or re.search(reinit, '.'.join(path)))):
+        initialised.append(name)
+        new[path] = value
+        continue
+      w = LAYOUTS[layout][0](np.asarray(sd[key]))
+      if w.shape != value.shape:
+        raise UserError(f'{source}: parameter {key} has shape {tuple(w.shape)} in the checkpoint but '
+                        f'{tuple(value.shape)} in the model (wrong architecture or config? To train a new head '
+                        f'instead, set init.reinit to a pattern matching it, e.g. {key.split(".")[0]!r})')
+      new[path] = w.astype(value.dtype)
+      loaded.append(key)
+    out.append(_unflat(new, tree))
+  if not loaded:
+    raise UserError(f'{source}: none of its {len(sd)} tensors matches a {model_type} parameter (first: '
+                    f'{sorted(sd)[:3]}); is it a {model_type.upper() if model_type == "bert" else model_type} '
+                    'checkpoint?')
+  used = set(loaded)
+  ignored = sorted(k for k in sd if k not in used and not k.endswith(IGNORED_SOURCE_KEYS))
+  return out[0], out[1] if model_state is not None else None, {
+      'loaded': loaded, 'initialised': initialised, 'ignored': ignored}
+
+
+def convert_to_hf(params: dict, model_state: dict | None = None, *, model_type='bert') -> dict:
+  """transformers state dict (numpy). A model without a head is written in base-model layout."""
+  fam = family(model_type)
   out = {}
-  for path, value in _flat(params).items():
-    name, transpose = hf_name(path)
-    v = np.asarray(jax.device_get(value), np.float32)
-    out[name] = np.ascontiguousarray(v.T if transpose else v)
+  for tree in (params, model_state or {}):
+    for path, value in _flat(tree).items():
+      name, layout = fam.hf_name(path)
+      v = np.asarray(jax.device_get(value), np.float32)
+      out[name] = np.ascontiguousarray(LAYOUTS[layout][1](v))
+  if all(k.startswith(fam.HF_PREFIX) for k in out):
+    out = {k[len(fam.HF_PREFIX):]: v for k, v in out.items()}
+  out.update(getattr(fam, 'hf_extra_tensors', lambda o: {})(out))
   return out
 
 
-def from_pretrained(path: str, head: str = 'none', num_labels: int = 2, dtype: str = 'float32', seed: int = 0,
-                    verbose: bool = True):
-  """A transformers BERT directory -> (ftjax model, report). Heads absent from the checkpoint are
-  freshly initialised and listed in report['initialised']."""
-  from ftjax.models import bert
-  model = bert.build(dict(config=path, head=head, num_labels=num_labels, dtype=dtype), nnx.Rngs(seed))
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  new, report = convert_from_hf(load_state_dict(path), params, source=path)
-  nnx.update(model, new)
+def from_pretrained(path: str, seed: int = 0, verbose: bool = True, reinit: str = '', **model_kwargs):
+  """A transformers directory -> (ftjax model, report). `model_kwargs` go to the family's build
+  (e.g. head='classification', num_labels=3 for BERT; num_classes=10 for ResNet); parts absent from
+  the checkpoint are freshly initialised and listed in report['initialised']."""
+  from ftjax import models
+  model_type = read_config(path)['model_type']
+  model = models.build(dict(name=MODEL_TYPES[model_type], config=path, **model_kwargs), nnx.Rngs(seed))
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  p, s, report = convert_from_hf(load_state_dict(path), nnx.to_pure_dict(params), nnx.to_pure_dict(rest),
+                                 source=path, model_type=model_type, reinit=reinit)
+  nnx.update(model, p, s)
   if verbose:
     print(describe(report, path), flush=True)
   return model, report
@@ -148,35 +169,27 @@ def describe(report: dict, source: str, most: int = 12) -> str:
     return ', '.join(xs[:most]) + (f', ... ({len(xs) - most} more)' if len(xs) > most else '')
   lines = [f'loaded {len(report["loaded"])} tensors from {source}']
   if report['initialised']:
-    lines.append(f'  freshly initialised (absent, other shape, or init.reinit): {names(report["initialised"])}')
+    lines.append(f'  freshly initialised (absent, or init.reinit): {names(report["initialised"])}')
   if report['ignored']:
     lines.append(f'  ignored (not in the model): {names(report["ignored"])}')
   return '\n'.join(lines)
 
 
-ARCHITECTURES = {'BertModel': 'BertModel', 'BertForPreTraining': 'BertForMaskedLM',
-                 'BertForSequenceClassification': 'BertForSequenceClassification',
-                 'BertForTokenClassification': 'BertForTokenClassification',
-                 'BertForQuestionAnswering': 'BertForQuestionAnswering'}
-
-
 def save_pretrained(model, path: str):
-  """Writes config.json + model.safetensors that transformers' Bert* classes load."""
-  import dataclasses
+  """Writes config.json + model.safetensors that transformers' classes load (the family's hf_config
+  names the architecture). LoRA adapters are merged into their kernels in a copy first."""
+  import sys
   from safetensors.numpy import save_file
-  from ftjax.models.bert import BertModel
-  base = model if isinstance(model, BertModel) else model.bert
-  cfg = dataclasses.asdict(base.config)
-  cls = type(model).__name__
-  cfg.update(model_type='bert', architectures=[ARCHITECTURES.get(cls, cls)])
-  classifier = getattr(model, 'classifier', None)
-  if classifier is not None:
-    n = classifier.out_features
-    cfg.update(id2label={str(i): f'LABEL_{i}' for i in range(n)}, label2id={f'LABEL_{i}': i for i in range(n)})
-    if n == 1:
-      cfg['problem_type'] = 'regression'
+  from ftjax.models import lora
+  if lora.has_adapters(model):
+    model = lora.merge(nnx.clone(model))
+  fam = sys.modules[type(model).__module__]
+  model_type = next((t for t, n in MODEL_TYPES.items() if fam.__name__.endswith('.' + n)), None)
+  if model_type is None:
+    raise UserError(f'save_pretrained: no transformers layout for {type(model).__name__}')
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  sd = convert_to_hf(nnx.to_pure_dict(params), nnx.to_pure_dict(rest), model_type=model_type)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, 'config.json'), 'w') as f:
-    json.dump(cfg, f, indent=2)
-  save_file(convert_to_hf(nnx.to_pure_dict(nnx.state(model, nnx.Param))), os.path.join(path, 'model.safetensors'),
-            metadata={'format': 'pt'})
+    json.dump(fam.hf_config(model), f, indent=2)
+  save_file(sd, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})

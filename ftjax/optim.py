@@ -1,9 +1,12 @@
-"""optax factory: warmup + decay schedule, AdamW / SGD / LAMB / LARS, decay mask, clipping.
+"""optax factory: warmup + decay schedule, AdamW / SGD / LAMB / LARS, decay mask, clipping,
+freezing by name (frozen parameters get no update and no optimizer state), layer-wise lr decay.
 
 Gradient accumulation is not done here (no optax.MultiSteps): the train step splits each batch into
 `accum_steps` micro-batches and sums their gradients, so one call is one update and the schedule,
 step counter and checkpoints all count updates.
 """
+import re
+
 import jax
 import optax
 
@@ -34,8 +37,45 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def build(cfg_optim, cfg_sched, total_steps: int):
-  """Returns (optax transformation, schedule)."""
+def names(tree):
+  """The same tree with each leaf replaced by its dotted path ('bert.encoder.layer.0.output.dense.kernel')."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: '.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in p), tree)
+
+
+def trainable_fn(cfg_optim):
+  """params -> tree of bools (True = trains), from optim.trainable / optim.freeze; None if all train."""
+  keep, freeze = cfg_optim.get('trainable', ''), cfg_optim.get('freeze', '')
+  if not keep and not freeze:
+    return None
+
+  def fn(params):
+    mask = jax.tree.map(lambda n: bool((not keep or re.search(keep, n)) and not (freeze and re.search(freeze, n))),
+                        names(params))
+    if not any(jax.tree.leaves(mask)):
+      raise UserError(f'optim.trainable={keep!r} / optim.freeze={freeze!r} leave no parameter to train')
+    return mask
+  return fn
+
+
+def layer_scale(decay: float, layer_of):
+  """Multiplies each update by decay ** (L - layer): `layer_of(name)` gives a parameter's depth
+  (0 = embeddings / stem) or None for the top (heads, pooler), which is L and keeps the full lr.
+  Scaling the final update is the same as scaling the lr, decoupled weight decay included."""
+  def factors(tree):
+    n = names(tree)
+    depth = jax.tree.map(lambda name: -1 if layer_of(name) is None else layer_of(name), n)
+    top = 1 + max(jax.tree.leaves(depth), default=0)
+    return jax.tree.map(lambda d: decay ** (top - (top if d < 0 else d)), depth)
+
+  def update(updates, state, params=None):
+    return jax.tree.map(lambda u, f: u * f, updates, factors(updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update), factors
+
+
+def build(cfg_optim, cfg_sched, total_steps: int, layer_of=None):
+  """Returns (optax transformation, schedule). `layer_of`: the model family's lr_layer, needed
+  when optim.layer_decay != 1."""
   sched = schedule(cfg_optim, cfg_sched, total_steps)
   o, wd = cfg_optim, cfg_optim.weight_decay
   if o.name == 'adamw':
@@ -51,8 +91,18 @@ def build(cfg_optim, cfg_sched, total_steps: int):
                     trust_ratio_mask=decay_mask, momentum=o.momentum, nesterov=o.nesterov)
   else:
     raise UserError(f'optim.name={o.name!r}; choose adamw, sgd, lamb or lars')
+  decay = o.get('layer_decay', 1.0)
+  if decay != 1.0:
+    if not 0 < decay < 1:
+      raise UserError(f'optim.layer_decay={decay} must be in (0, 1]')
+    if layer_of is None:
+      raise UserError('optim.layer_decay needs a model family that defines lr_layer (bert, resnet)')
+    tx = optax.chain(tx, layer_scale(decay, layer_of)[0])
   if o.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), tx)
+  trainable = trainable_fn(o)
+  if trainable is not None:
+    tx = optax.multi_transform({True: tx, False: optax.set_to_zero()}, trainable)
   if o.accum_steps < 1:
     raise UserError(f'optim.accum_steps={o.accum_steps} must be >= 1')
   return tx, sched

@@ -86,22 +86,22 @@ def initialize(init, shardings):
   return compiled()
 
 
-def load_pretrained(state, cfg_init, mesh_sharding):
-  """Overwrites the freshly initialised state's parameters with those of cfg_init.source."""
+def load_pretrained(state, cfg_init, model_cfg, mesh_sharding):
+  """Overwrites the freshly initialised state's parameters (and BatchNorm statistics) with those of
+  cfg_init.source, by name; names matching cfg_init.reinit keep their fresh values (head surgery)."""
   from ftjax import hf
   src = cfg_init.source
-  params = jax.device_get(state.params)
-  if os.path.exists(os.path.join(hf.resolve(src), 'config.json')):
-    new, report = hf.convert_from_hf(hf.load_state_dict(src), params, source=src)
-    if cfg_init.reinit:   # hf conversion loads every match; surgery by pattern goes through merge_by_name
-      new, report = checkpoint.merge_by_name(params, new, cfg_init.reinit)
-    model_state = state.model_state
-    print(hf.describe(report, src), flush=True)
+  params, model_state = jax.device_get(state.params), jax.device_get(state.model_state)
+  if hf.is_hf_dir(src):
+    model_type = hf.read_config(src, expect=model_cfg.name)['model_type']
+    new, model_state, report = hf.convert_from_hf(hf.load_state_dict(src), params, model_state, source=src,
+                                                  model_type=model_type, reinit=cfg_init.reinit)
+    where = src
   else:
     src_params, src_state, where = checkpoint.read_params(src)
-    new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit)
-    model_state, _ = checkpoint.merge_by_name(jax.device_get(state.model_state), src_state, cfg_init.reinit)
-    print(hf.describe(report, where), flush=True)
+    new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit, where)
+    model_state, _ = checkpoint.merge_by_name(model_state, src_state, cfg_init.reinit, where)
+  print(hf.describe(report, where), flush=True)
   return state.replace(params=jax.device_put(new, mesh_sharding.params),
                        model_state=jax.device_put(model_state, mesh_sharding.model_state))
 
@@ -110,12 +110,16 @@ def _tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
-def make_train_step(graphdef, task, tx, schedule, accum_steps: int = 1):
+def make_train_step(graphdef, task, tx, schedule, accum_steps: int = 1, trainable=None):
   """(state, batch) -> (state, metrics). With accum_steps > 1 the batch is split into micro-batches
   whose gradients are averaged before one update: the same update as the whole batch at once, for
-  models whose outputs do not mix examples (BatchNorm does: its statistics become per micro-batch)."""
+  models whose outputs do not mix examples (BatchNorm does: its statistics become per micro-batch).
+  `trainable` (params -> tree of bools, optim.trainable_fn) stops gradients at frozen parameters, so
+  XLA drops their backward pass (the optimizer gives them no update either)."""
 
   def loss_fn(params, model_state, batch, rng):
+    if trainable is not None:
+      params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable(params))
     model = nnx.merge(graphdef, params, model_state)
     loss, mets = task.loss(model, batch, rng)
     return loss, (mets, nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2]))
@@ -162,6 +166,22 @@ def make_predict_step(graphdef_eval, task):
   def predict(state, batch):
     return task.predict(nnx.merge(graphdef_eval, state.params, state.model_state), batch)
   return predict
+
+
+def make_embed_step(graphdef_eval, task):
+  """Frozen features and labels, for the linear-probe / few-shot / k-NN evaluators."""
+  def embed(state, batch):
+    model = nnx.merge(graphdef_eval, state.params, state.model_state)
+    return {'features': task.features(model, batch), 'label': batch['label']}
+  return embed
+
+
+def build_evaluators(config, g_eval, task, mesh, state_sharding):
+  data_sharding = parallel.batch_sharding(mesh)
+  predict_step = jax.jit(make_predict_step(g_eval, task), in_shardings=(state_sharding, data_sharding))
+  embed_step = jax.jit(make_embed_step(g_eval, task), in_shardings=(state_sharding, data_sharding))
+  return {name: evals.build(name, ecfg, config=config, predict_fn=predict_step, embed_fn=embed_step, mesh=mesh)
+          for name, ecfg in config.evals.items()}
 
 
 def _prepare_workdir(workdir: str):
@@ -218,7 +238,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Model, task, optimizer -----------------------------------------------------------------
   task = tasks.build(config.task)
-  tx, schedule = optim.build(config.optim, config.schedule, total_steps)
+  tx, schedule = optim.build(config.optim, config.schedule, total_steps,
+                             layer_of=getattr(models.get_module(config.model.name), 'lr_layer', None))
   g_train, g_eval = graphdefs(config.model)
   tok, vocab = data.tokenizer(config.input), models.vocab_size(config.model)
   if tok is not None and vocab:
@@ -227,13 +248,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init = make_init(config.model, tx, config.seed)
   abstract = jax.eval_shape(init)
   state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  train_step = jax.jit(make_train_step(g_train, task, tx, schedule, config.optim.accum_steps),
+  trainable = optim.trainable_fn(config.optim)
+  train_step = jax.jit(make_train_step(g_train if config.task.train_mode else g_eval, task, tx, schedule,
+                                       config.optim.accum_steps, trainable),
                        in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
                        donate_argnums=0)
-  predict_step = jax.jit(make_predict_step(g_eval, task), in_shardings=(state_sharding, data_sharding))
-
-  evaluators = {name: evals.build(name, ecfg, config=config, predict_fn=predict_step, mesh=mesh)
-                for name, ecfg in config.evals.items()}
+  evaluators = build_evaluators(config, g_eval, task, mesh, state_sharding)
   if is_main:
     _write_config(config, workdir)
 
@@ -246,10 +266,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     state = initialize(init, state_sharding)
     if config.init.source:
-      state = load_pretrained(state, config.init, state_sharding)
+      state = load_pretrained(state, config.init, config.model, state_sharding)
   step = int(jax.device_get(state.step))
   writer = metrics.Writer(workdir, total_steps, config.input.batch_size, start_step=step)
-  writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters | mesh {dict(mesh.shape)} | '
+  n_train_params = _count(abstract.params) if trainable is None else sum(
+      int(np.prod(p.shape)) for p, t in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(trainable(abstract.params))) if t)
+  writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters ({n_train_params:,} trained) | mesh {dict(mesh.shape)} | '
              f'{n_train:,} train examples | {total_steps} steps of {config.input.batch_size}'
              + (f' | starting at step {step}' if step else ''))
   if step >= total_steps:

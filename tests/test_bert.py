@@ -152,8 +152,8 @@ def test_wrong_shapes_and_architectures_are_clear_errors(tmp_path, minilm_path):
   save_file({'resnet.embedder.weight': np.zeros((2, 2), np.float32)}, str(other / 'model.safetensors'))
   with pytest.raises(UserError, match='is it a BERT checkpoint'):
     hf.from_pretrained(str(other), verbose=False)
-  json.dump({**cfg, 'model_type': 'resnet'}, open(other / 'config.json', 'w'))
-  with pytest.raises(UserError, match='expected a BERT checkpoint'):
+  json.dump({**cfg, 'model_type': 'vit'}, open(other / 'config.json', 'w'))
+  with pytest.raises(UserError, match="model_type='vit' is not supported"):
     hf.from_pretrained(str(other), verbose=False)
 
 
@@ -183,7 +183,7 @@ def test_finetune_init_from_an_ftjax_mlm_checkpoint(tmp_path):
   cls_cfg = ConfigDict({**base, 'head': 'classification', 'num_labels': 3})
   fresh = train.initialize(train.make_init(cls_cfg, tx, seed=2), None)
   init = ConfigDict(dict(source=str(tmp_path / 'mlm'), reinit=''))
-  loaded = train.load_pretrained(fresh, init, jax.tree.map(lambda _: None, fresh))
+  loaded = train.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
   np.testing.assert_array_equal(loaded.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'],
                                 mlm_state.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'])
   np.testing.assert_array_equal(loaded.params['classifier']['kernel'], fresh.params['classifier']['kernel'])
@@ -191,6 +191,6 @@ def test_finetune_init_from_an_ftjax_mlm_checkpoint(tmp_path):
                                 fresh.params['bert']['pooler']['dense']['kernel'])   # MLM model has no pooler
   # reinit keeps matching parameters fresh on purpose (head surgery by pattern).
   init.reinit = r'embeddings'
-  again = train.load_pretrained(fresh, init, jax.tree.map(lambda _: None, fresh))
+  again = train.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
   np.testing.assert_array_equal(again.params['bert']['embeddings']['word_embeddings']['embedding'],
                                 fresh.params['bert']['embeddings']['word_embeddings']['embedding'])

@@ -65,3 +65,15 @@ def test_unknown_component_names_are_user_errors(package, what):
     registry.load(package, 'nope', what)
   assert registry.load(package, {'models': 'resnet', 'tasks': 'classification', 'evals': 'classification'}[package],
                        what).__name__.startswith('ftjax.')
+
+
+@pytest.mark.parametrize('config', ['simclr_imagenet.py:smoke', 'simclr_digits.py:smoke'])
+def test_simclr_config_smoke_runs_with_feature_evaluators(config, tmp_path):
+  proc = run_main(f'--config=configs/{config}', f'--workdir={tmp_path}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+  assert losses and all(np.isfinite(losses))
+  last = rows[-1]
+  assert {'probe/accuracy', 'fewshot/5shot', 'knn/accuracy'} <= set(last) or \
+      {'probe/accuracy', 'fewshot/5shot', 'knn/accuracy'} <= {k for r in rows for k in r}

@@ -30,8 +30,17 @@ def local_batch_size(global_batch, process_count, what='input.batch_size'):
 def tokenizer(cfg):
   """input.tokenizer: a model directory / tokenizer.json, or 'train:<vocab size>' to train a WordPiece
   vocabulary on the train split once (cached beside the TFDS data). '' = none (image data)."""
-  if not cfg.get('tokenizer'):
+  spec = tokenizer_path(cfg)
+  if not spec:
     return None
+  from ftjax.data import text
+  return text.load_tokenizer(spec)
+
+
+def tokenizer_path(cfg) -> str:
+  """input.tokenizer resolved to a path ('train:N' trains the vocabulary the first time)."""
+  if not cfg.get('tokenizer'):
+    return ''
   from ftjax.data import text
   spec = cfg.tokenizer
   if spec.startswith('train:'):
@@ -46,7 +55,7 @@ def tokenizer(cfg):
         print(f'training a {size}-token WordPiece vocabulary on {cfg.dataset} -> {out}', flush=True)
         text.train_wordpiece((text.as_text(src[i][cfg.text_field]) for i in range(len(src))), size, out)
     spec = out
-  return text.load_tokenizer(spec)
+  return spec
 
 
 def _source(cfg, split, tok):

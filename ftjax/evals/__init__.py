@@ -1,10 +1,62 @@
 """Evaluator registry: `config.evals.<name>.type` is a module under ftjax.evals defining `Evaluator`.
 
 An evaluator is built once (data, jitted functions) and called with the train state; it returns
-metrics already prefixed with its name, e.g. {'eval/accuracy': 0.97}.
+metrics already prefixed with its name, e.g. {'eval/accuracy': 0.97}. Context passed to every
+evaluator: config, predict_fn (the task's per-example outputs), embed_fn (frozen features), mesh.
 """
-from ftjax import registry
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ftjax import data, parallel, registry
 
 
 def build(name, cfg, **context):
   return registry.load('evals', cfg.type, f'evals.{name}.type').Evaluator(name, cfg, **context)
+
+
+def collect(fn, state, batches, sharding) -> dict:
+  """fn(state, global batch) over a split's local batches -> {key: numpy array over the whole split,
+  on every host}, with '_mask' (0 = padding row)."""
+  chunks = []
+  for local in batches:
+    mask = local.pop('_mask')
+    out = fn(state, parallel.global_batch(local, sharding))
+    out['_mask'] = parallel.global_batch({'m': mask}, sharding)['m']
+    chunks.append(multihost_utils.process_allgather(out, tiled=True) if jax.process_count() > 1
+                  else jax.device_get(out))
+  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+class FeatureEvaluator:
+  """Base of the evaluators on frozen features (linear_probe, fewshot, knn): the model's `embed`
+  output on a train split (cfg.train_split, default input.train_split) and on cfg.split, both
+  preprocessed with cfg.pp (default input.pp_eval), of cfg.dataset (default input.dataset)."""
+
+  def __init__(self, name, cfg, *, config, embed_fn, mesh, **_):
+    self.name, self.cfg, self.input = name, cfg, config.input
+    if cfg.get('dataset'):     # e.g. probe an MLM run's encoder on a labelled set
+      self.input = config.input.copy_and_resolve_references()
+      self.input.update(dataset=cfg.dataset, pack=False, tokenizer=data.tokenizer_path(config.input),
+                        train_split=cfg.get('train_split') or 'train')
+    self.embed_fn, self.sharding = embed_fn, parallel.batch_sharding(mesh)
+    self.pp = cfg.get('pp') or config.input.pp_eval
+    self.train_split = cfg.get('train_split') or config.input.train_split
+    for split in (self.train_split, cfg.split):   # fail now, not at the first evaluation
+      data.get_source(self.input.dataset, split, self.input.data_dir)
+
+  def features(self, state, split):
+    """(features [N, D] float32, integer labels [N]) of a whole split."""
+    batches = data.eval_batches(self.input, split, self.pp, self.cfg.batch_size, jax.process_index(),
+                                jax.process_count())
+    out = collect(self.embed_fn, state, batches, self.sharding)
+    keep = out['_mask'] > 0
+    return out['features'][keep].astype(np.float32), out['label'][keep].astype(np.int32)
+
+  def __call__(self, state) -> dict:
+    x, y = self.features(state, self.train_split)
+    xt, yt = self.features(state, self.cfg.split)
+    return {f'{self.name}/{k}': float(v) for k, v in self.score(x, y, xt, yt).items()}
+
+  def score(self, x, y, x_test, y_test) -> dict:
+    raise NotImplementedError

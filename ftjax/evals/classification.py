@@ -2,35 +2,25 @@
 zero-weight predictions, e.g. unused MLM slots, masked out)."""
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from ftjax import data, parallel
+from ftjax import data, evals, parallel
 
 
 class Evaluator:
 
-  def __init__(self, name, cfg, *, config, predict_fn, mesh):
+  def __init__(self, name, cfg, *, config, predict_fn, mesh, **_):
     self.name, self.cfg, self.input = name, cfg, config.input
     self.predict_fn, self.sharding = predict_fn, parallel.batch_sharding(mesh)
     self.pp = cfg.pp or config.input.pp_eval
     # Fail now, not at the first evaluation, if the split is missing.
     data.get_source(self.input.dataset, cfg.split, self.input.data_dir)
 
-  def batches(self):
-    return data.eval_batches(self.input, self.cfg.split, self.pp, self.cfg.batch_size,
-                             jax.process_index(), jax.process_count())
-
   def outputs(self, state):
     """Per-prediction outputs of the whole split, on every host: dict of flat numpy arrays."""
-    chunks = []
-    for local in self.batches():
-      mask = local.pop('_mask')
-      out = self.predict_fn(state, parallel.global_batch(local, self.sharding))
-      out['_mask'] = parallel.global_batch({'m': mask}, self.sharding)['m']
-      chunks.append(multihost_utils.process_allgather(out, tiled=True) if jax.process_count() > 1
-                    else jax.device_get(out))
-    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    batches = data.eval_batches(self.input, self.cfg.split, self.pp, self.cfg.batch_size,
+                                jax.process_index(), jax.process_count())
+    cat = evals.collect(self.predict_fn, state, batches, self.sharding)
     mask = cat.pop('_mask')
     weight = cat.pop('weight', np.ones_like(mask))
     keep = (weight * mask.reshape(mask.shape + (1,) * (weight.ndim - 1))).reshape(-1) > 0

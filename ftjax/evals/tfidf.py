@@ -8,7 +8,7 @@ from ftjax.data.text import as_text
 
 class Evaluator:
 
-  def __init__(self, name, cfg, *, config, predict_fn, mesh):
+  def __init__(self, name, cfg, *, config, **_):
     self.name, self.cfg, self.input, self._result = name, cfg, config.input, None
 
   def _texts(self, split):

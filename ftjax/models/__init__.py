@@ -22,11 +22,18 @@ def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
   """Builds the model named by cfg.name from the rest of cfg (a ConfigDict or dict)."""
   kwargs = dict(cfg)
   name = kwargs.pop('name')
-  return get_module(name).build(kwargs, rngs)
+  lora = dict(kwargs.pop('lora', None) or {})
+  model = get_module(name).build(kwargs, rngs)
+  if lora.get('rank'):
+    from ftjax.models import lora as lora_lib
+    lora_lib.apply(model, rank=lora['rank'], alpha=lora.get('alpha', 0.0), targets=lora.get('targets', ''),
+                   rngs=rngs)
+  return model
 
 
 def vocab_size(cfg) -> int | None:
   """The model's vocabulary size, for models that read tokens (None otherwise)."""
   kwargs = dict(cfg)
+  kwargs.pop('lora', None)
   fn = getattr(get_module(kwargs.pop('name')), 'vocab_size', None)
   return fn(kwargs) if fn else None

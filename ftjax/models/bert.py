@@ -6,6 +6,7 @@ so HF checkpoints convert by renaming leaves alone (ftjax/hf.py). Attention is
 falls back to an explicit softmax (dot_product_attention has no dropout).
 """
 import dataclasses
+import re
 from typing import Any
 
 import flax
@@ -183,6 +184,22 @@ class BertModel(nnx.Module):
     x = self.encoder(self.embeddings(input_ids, token_type_ids, rngs), mask, rngs)
     return BertOutput(x, self.pooler(x) if self.pooler is not None else None)
 
+  def embed(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    """Sentence features for probes: the mean of the last hidden states over real tokens (the
+    pooler is untrained after MLM-only pretraining; mean pooling is what sentence encoders use)."""
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    h = self(input_ids, attention_mask, token_type_ids, rngs).last_hidden_state.astype(jnp.float32)
+    m = attention_mask.astype(jnp.float32)[..., None]
+    return (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+
+class _EmbedMixin:
+  """Heads expose their encoder's features too (linear probe, few-shot, k-NN evaluators)."""
+
+  def embed(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    return self.bert.embed(input_ids, attention_mask, token_type_ids, rngs)
+
 
 class BertPredictionHeadTransform(nnx.Module):
   def __init__(self, c: _Ctx, rngs):
@@ -214,7 +231,7 @@ class _Heads(nnx.Module):
     self.seq_relationship = c.dense(c.cfg.hidden_size, 2, rngs) if nsp else None
 
 
-class BertForPreTraining(nnx.Module):
+class BertForPreTraining(_EmbedMixin, nnx.Module):
   """MLM (+ NSP when nsp=True). `masked_positions` [B, P] limits the vocabulary projection to those
   positions, which is most of the MLM head's cost."""
 
@@ -233,7 +250,7 @@ class BertForPreTraining(nnx.Module):
     return {'mlm_logits': logits, 'nsp_logits': nsp}
 
 
-class BertForSequenceClassification(nnx.Module):
+class BertForSequenceClassification(_EmbedMixin, nnx.Module):
   """Pooled [CLS] -> dropout -> classifier. num_labels=1 is regression."""
 
   def __init__(self, cfg: BertConfig, *, num_labels=2, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -243,15 +260,12 @@ class BertForSequenceClassification(nnx.Module):
     self.dropout = nnx.Dropout(p)
     self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
 
-  def embed(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
-    return self.bert(input_ids, attention_mask, token_type_ids, rngs).pooler_output
-
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
-    pooled = self.embed(input_ids, attention_mask, token_type_ids, rngs)
+    pooled = self.bert(input_ids, attention_mask, token_type_ids, rngs).pooler_output
     return self.classifier(self.dropout(pooled, rngs=rngs)).astype(jnp.float32)
 
 
-class BertForTokenClassification(nnx.Module):
+class BertForTokenClassification(_EmbedMixin, nnx.Module):
   def __init__(self, cfg: BertConfig, *, num_labels=2, dtype=jnp.float32, rngs: nnx.Rngs):
     c = _Ctx(cfg, dtype)
     self.bert = BertModel(cfg, add_pooling_layer=False, dtype=dtype, rngs=rngs)
@@ -264,7 +278,7 @@ class BertForTokenClassification(nnx.Module):
     return self.classifier(self.dropout(h, rngs=rngs)).astype(jnp.float32)
 
 
-class BertForQuestionAnswering(nnx.Module):
+class BertForQuestionAnswering(_EmbedMixin, nnx.Module):
   """Span QA: per-token start and end logits."""
 
   def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -291,7 +305,7 @@ def _split_cfg(cfg: dict):
   base: dict[str, Any] = {}
   if cfg.get('config'):
     from ftjax import hf
-    base = hf.read_config(cfg['config'])
+    base = hf.read_config(cfg['config'], expect='bert')
   cfg.pop('config', None)
   unknown = set(cfg) - {f.name for f in dataclasses.fields(BertConfig)}
   if unknown:
@@ -315,3 +329,43 @@ def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
   if head == 'pretraining':
     kw['nsp'] = True
   return HEADS[head](bcfg, **kw)
+
+
+# ---- transformers layout (ftjax/hf.py) ----------------------------------------------------------
+HF_PREFIX = 'bert.'
+ARCHITECTURES = {'BertModel': 'BertModel', 'BertForPreTraining': 'BertForMaskedLM',
+                 'BertForSequenceClassification': 'BertForSequenceClassification',
+                 'BertForTokenClassification': 'BertForTokenClassification',
+                 'BertForQuestionAnswering': 'BertForQuestionAnswering'}
+
+
+def hf_name(path: tuple) -> tuple[str, str | None]:
+  """ftjax param path -> (transformers name, layout): module paths are transformers' already."""
+  *mods, leaf = (str(p) for p in path)
+  if leaf == 'kernel':
+    return '.'.join(mods + ['weight']), 'T'
+  if leaf in ('embedding', 'scale'):
+    return '.'.join(mods + ['weight']), None
+  return '.'.join(mods + [leaf]), None
+
+
+def lr_layer(name: str) -> int | None:
+  """Depth for layer-wise lr decay: embeddings 0, encoder layer i -> i + 1, pooler and heads on top."""
+  if re.match(r'(bert\.)?embeddings\.', name):
+    return 0
+  m = re.match(r'(bert\.)?encoder\.layer\.(\d+)\.', name)
+  return int(m.group(2)) + 1 if m else None
+
+
+def hf_config(model) -> dict:
+  base = model if isinstance(model, BertModel) else model.bert
+  cfg = dataclasses.asdict(base.config)
+  cls = type(model).__name__
+  cfg.update(model_type='bert', architectures=[ARCHITECTURES.get(cls, cls)])
+  classifier = getattr(model, 'classifier', None)
+  if classifier is not None:
+    n = classifier.out_features
+    cfg.update(id2label={str(i): f'LABEL_{i}' for i in range(n)}, label2id={f'LABEL_{i}': i for i in range(n)})
+    if n == 1:
+      cfg['problem_type'] = 'regression'
+  return cfg

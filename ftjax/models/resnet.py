@@ -5,10 +5,12 @@ weights convert 1:1 from `transformers.ResNetModel`. BatchNorm uses the batch st
 *global* batch under a data-parallel mesh: the mean over a sharded axis is an all-reduce under jit.
 """
 import math
+import re
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ftjax import models
@@ -114,12 +116,28 @@ class PreActBottleneck(nnx.Module):
     return skip + y
 
 
+class Projector(nnx.Module):
+  """SimCLR's projection MLP: (Linear -> BatchNorm -> ReLU) per hidden size, then Linear."""
+
+  def __init__(self, din: int, sizes: Sequence[int], *, dtype, rngs):
+    self.layers = nnx.List([nnx.Linear(a, b, use_bias=i == len(sizes) - 1, dtype=dtype, rngs=rngs)
+                            for i, (a, b) in enumerate(zip((din, *sizes[:-1]), sizes))])
+    self.norms = nnx.List([_bn(b, dtype, rngs) for b in sizes[:-1]])
+
+  def __call__(self, x):
+    for lin, bn in zip(self.layers[:-1], self.norms):
+      x = nnx.relu(bn(lin(x)))
+    return self.layers[-1](x).astype(jnp.float32)
+
+
 class ResNet(nnx.Module):
-  """Stem -> 4 stages -> global average pool (`embed`) -> `head` (a named Linear, swappable)."""
+  """Stem -> 4 stages -> global average pool (`embed`) -> `head` (a named Linear, swappable).
+  `projection` (hidden..., out) adds a `projector` MLP for contrastive pretraining (`project`)."""
 
   def __init__(self, depth: int = 50, *, num_classes: int = 1000, width: float = 1.0, version: str = 'v1.5',
                stem: str = 'imagenet', in_channels: int = 3, zero_init_residual: bool = True,
-               stages: Sequence[int] | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+               stages: Sequence[int] | None = None, projection: Sequence[int] = (), dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if version not in ('v1.5', 'v2'):
       raise UserError(f'resnet version={version!r}; choose v1.5 (BatchNorm) or v2 (BiT: GroupNorm + WS)')
     if stem not in ('imagenet', 'small'):
@@ -147,6 +165,7 @@ class ResNet(nnx.Module):
     self.final_norm = _gn(cin, dtype, rngs) if v2 else None
     self.num_features = cin
     self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs) if num_classes else None
+    self.projector = Projector(cin, tuple(projection), dtype=dtype, rngs=rngs) if projection else None
 
   def embed(self, x):
     """Pooled pre-logit features, float32."""
@@ -162,15 +181,103 @@ class ResNet(nnx.Module):
       x = nnx.relu(self.final_norm(x))
     return x.mean(axis=(1, 2)).astype(jnp.float32)
 
+  def project(self, feats):
+    if self.projector is None:
+      raise UserError('this ResNet has no projector: set model.projection, e.g. (512, 128)')
+    return self.projector(feats)
+
   def __call__(self, x, rngs=None):
     feats = self.embed(x)
     return feats if self.head is None else self.head(feats).astype(jnp.float32)
 
 
 def build(cfg: dict, rngs: nnx.Rngs) -> ResNet:
+  """cfg: ResNet's keyword arguments, or `config` (a transformers ResNet directory / config.json) whose
+  architecture the remaining keys override (e.g. num_classes for a new head)."""
   cfg = dict(cfg)
   dt = models.dtype(cfg.pop('dtype', 'float32'))
+  if cfg.get('config'):
+    from ftjax import hf
+    cfg = {**from_hf_config(hf.read_config(cfg['config'], expect='resnet')), **cfg}
+  cfg.pop('config', None)
   try:
     return ResNet(**cfg, dtype=dt, rngs=rngs)
   except TypeError as e:
     raise UserError(f'model config for resnet: {e}') from None
+
+
+def lr_layer(name: str) -> int | None:
+  """Depth for layer-wise lr decay: stem 0, stage i -> i + 1, final norm and heads on top."""
+  if name.startswith('stem_'):
+    return 0
+  m = re.match(r'stages\.(\d+)\.', name)
+  return int(m.group(1)) + 1 if m else None
+
+
+# ---- transformers layout (ResNetModel / ResNetForImageClassification; ftjax/hf.py) --------------
+HF_PREFIX = 'resnet.'
+_LEAVES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+
+
+def hf_name(path: tuple) -> tuple[str, str | None]:
+  """ftjax path -> (transformers name, layout), e.g. stages.1.0.conv2.kernel ->
+  resnet.encoder.stages.1.layers.0.layer.1.convolution.weight ('conv': HWIO <-> OIHW)."""
+  *mods, leaf = (str(p) for p in path)
+  if mods[0] == 'head':
+    return f'classifier.1.{"weight" if leaf == "kernel" else leaf}', 'T' if leaf == 'kernel' else None
+  if mods[0] == 'stages':
+    i, j, part = mods[1], mods[2], mods[3]
+    where = f'resnet.encoder.stages.{i}.layers.{j}.'
+    if part.startswith('proj'):
+      where += 'shortcut.' + ('normalization' if part == 'proj_bn' else 'convolution')
+    elif part[:-1] in ('conv', 'bn'):
+      where += f'layer.{int(part[-1]) - 1}.' + ('convolution' if part[:-1] == 'conv' else 'normalization')
+    else:
+      raise UserError(f'{".".join(mods)} has no transformers counterpart (ResNet v1.5 only converts)')
+  elif mods[0] in ('stem_conv', 'stem_norm'):
+    where = 'resnet.embedder.embedder.' + ('convolution' if mods[0] == 'stem_conv' else 'normalization')
+  else:
+    raise UserError(f'{".".join(mods)} has no transformers counterpart (ResNet v1.5 only converts)')
+  if leaf == 'kernel':
+    return where + '.weight', 'conv'
+  return f'{where}.{_LEAVES[leaf]}', None
+
+
+def hf_extra_tensors(sd: dict) -> dict:
+  """PyTorch BatchNorm's step counters, so transformers reports no missing keys."""
+  return {k.replace('running_mean', 'num_batches_tracked'): np.zeros((), np.int64)
+          for k in sd if k.endswith('running_mean')}
+
+
+def from_hf_config(d: dict) -> dict:
+  """transformers ResNetConfig -> ResNet keyword arguments (v1.5: stride on the 3x3, none in stage 1)."""
+  if d.get('hidden_act', 'relu') != 'relu' or d.get('downsample_in_first_stage') or d.get('downsample_in_bottleneck'):
+    raise UserError('transformers ResNet config: only hidden_act=relu, downsample_in_first_stage=False and '
+                    'downsample_in_bottleneck=False (ResNet v1.5) convert')
+  basic = d.get('layer_type', 'bottleneck') == 'basic'
+  width = d.get('embedding_size', 64) / 64
+  expansion = 1 if basic else 4
+  sizes = [max(8, int(round(64 * width * 2 ** i))) * expansion for i in range(len(d['depths']))]
+  if list(d['hidden_sizes']) != sizes:
+    raise UserError(f'transformers ResNet config: hidden_sizes={d["hidden_sizes"]} with embedding_size='
+                    f'{d.get("embedding_size", 64)}; ftjax ResNets double the width per stage: {sizes}')
+  head = any('ImageClassification' in a for a in d.get('architectures') or [])
+  return dict(depth=18 if basic else 50, stages=tuple(d['depths']), width=width, stem='imagenet', version='v1.5',
+              in_channels=d.get('num_channels', 3), num_classes=len(d.get('id2label', {})) if head else 0)
+
+
+def hf_config(model: ResNet) -> dict:
+  if model.v2 or model.small_stem:
+    raise UserError('only ResNet v1.5 with the imagenet stem has a transformers layout')
+  basic = isinstance(model.stages[0][0], BasicBlock)
+  hidden = [stage[0].conv2.kernel.shape[-1] if basic else stage[0].conv3.kernel.shape[-1]
+            for stage in model.stages]
+  cfg = dict(model_type='resnet', num_channels=model.stem_conv.kernel.shape[2],
+             embedding_size=model.stem_conv.kernel.shape[3], hidden_sizes=hidden,
+             depths=[len(s) for s in model.stages], layer_type='basic' if basic else 'bottleneck',
+             hidden_act='relu', downsample_in_first_stage=False, downsample_in_bottleneck=False,
+             architectures=['ResNetForImageClassification' if model.head is not None else 'ResNetModel'])
+  if model.head is not None:
+    n = model.head.out_features
+    cfg.update(id2label={str(i): f'LABEL_{i}' for i in range(n)}, label2id={f'LABEL_{i}': i for i in range(n)})
+  return cfg

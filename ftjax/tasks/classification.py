@@ -14,6 +14,11 @@ def call(model, batch, inputs, rng=None, **kw):
   return model(*(batch[k] for k in inputs), rngs=nnx.Rngs(dropout=rng) if rng is not None else None, **kw)
 
 
+def embed(model, batch, inputs):
+  """Frozen features for the probe evaluators: the model's `embed` (pooled, before any head)."""
+  return model.embed(*(batch[k] for k in inputs)).astype(jnp.float32)
+
+
 class Task:
 
   def __init__(self, cfg):
@@ -33,3 +38,6 @@ class Task:
     logits = call(model, batch, self.inputs).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return {'pred': logits.argmax(-1), 'label': batch['label'], 'loss': loss}
+
+  def features(self, model, batch):
+    return embed(model, batch, self.inputs)

@@ -6,7 +6,7 @@ masked_weights [B, P]; the model projects to the vocabulary only there.
 import jax.numpy as jnp
 import optax
 
-from ftjax.tasks.classification import call
+from ftjax.tasks.classification import call, embed
 
 INPUTS = ('input_ids', 'attention_mask', 'token_type_ids')
 
@@ -41,3 +41,6 @@ class Task:
     out, ce = self._forward(model, batch)
     return {'pred': out['mlm_logits'].argmax(-1), 'label': batch['masked_ids'], 'loss': ce,
             'weight': batch['masked_weights']}
+
+  def features(self, model, batch):
+    return embed(model, batch, INPUTS)

@@ -1,7 +1,7 @@
 """Regression (e.g. STS-B): mean squared error of the model's single output against batch['label']."""
 import jax.numpy as jnp
 
-from ftjax.tasks.classification import call
+from ftjax.tasks.classification import call, embed
 
 
 class Task:
@@ -20,3 +20,6 @@ class Task:
   def predict(self, model, batch):
     pred = self._pred(model, batch)
     return {'pred': pred, 'label': batch['label'].astype(jnp.float32), 'loss': (pred - batch['label']) ** 2}
+
+  def features(self, model, batch):
+    return embed(model, batch, self.inputs)

@@ -1,0 +1,80 @@
+"""Runs a config's evaluators on a saved model, without training:
+
+  python -m ftjax.evaluate --config=configs/X.py --workdir=DIR [--only=probe,knn] [--config.evals...]
+
+The model is the latest checkpoint in DIR; with none there, config.init.source (pretrained weights),
+else a random initialisation (the baseline a probe should beat). Results are printed and written to
+DIR/evaluate.json as {"step", "source", "metrics"}.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+
+from ftjax import main as cli
+from ftjax.errors import UserError
+
+flags.DEFINE_string('only', '', 'comma-separated evaluator names to run (default: all in the config)')
+FLAGS = flags.FLAGS
+
+
+def evaluate(config, workdir: str, only: str = '') -> dict:
+  from ftjax import checkpoint, optim, parallel, tasks, train
+  mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
+  names = [n for n in only.split(',') if n] or list(config.evals)
+  missing = sorted(set(names) - set(config.evals))
+  if missing:
+    raise UserError(f'--only: no evaluator {missing} in the config (it has {sorted(config.evals)})')
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for n in list(config.evals):
+      if n not in names:
+        del config.evals[n]
+  task = tasks.build(config.task)
+  _, g_eval = train.graphdefs(config.model)
+  tx, _ = optim.build(config.optim, config.schedule, max(2, config.schedule.warmup_steps + 1))
+  fresh = train.initialize(train.make_init(config.model, tx, config.seed), None)
+  fresh = fresh.replace(opt_state=())
+  has_ckpt = os.path.isdir(os.path.join(workdir, 'checkpoints')) and any(
+      n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints')))
+  if has_ckpt:
+    params, model_state, where = checkpoint.read_params(workdir)
+    state = fresh.replace(step=jnp.asarray(int(os.path.basename(where))),
+                          params=checkpoint.merge_by_name(fresh.params, params, '', where)[0],
+                          model_state=checkpoint.merge_by_name(fresh.model_state, model_state, '', where)[0])
+  elif config.init.source:
+    where = config.init.source
+    state = train.load_pretrained(fresh, config.init, config.model, jax.tree.map(lambda _: None, fresh))
+  else:
+    where = 'random initialisation'
+    state = fresh
+  print(f'evaluating {where}', flush=True)
+  sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
+  state = jax.device_put(state, sharding)
+  metrics = {}
+  for name, ev in train.build_evaluators(config, g_eval, task, mesh, sharding).items():
+    res = ev(state)
+    print(f'  {name}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items()), flush=True)
+    metrics.update(res)
+  out = {'step': int(state.step), 'source': where, 'metrics': metrics}
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'evaluate.json'), 'w') as f:
+      json.dump(out, f, indent=2)
+  return out
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)
+  cli._enable_compilation_cache()
+  try:
+    evaluate(FLAGS.config, FLAGS.workdir, FLAGS.only)
+  except UserError as e:
+    cli._fail(str(e))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli._parse)
