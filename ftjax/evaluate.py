@@ -11,13 +11,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
-
-from ftjax import main as cli
 from ftjax.errors import UserError
-
-flags.DEFINE_string('only', '', 'comma-separated evaluator names to run (default: all in the config)')
-FLAGS = flags.FLAGS
 
 
 def evaluate(config, workdir: str, only: str = '') -> dict:
@@ -66,15 +60,21 @@ def evaluate(config, workdir: str, only: str = '') -> dict:
   return out
 
 
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.ERROR)
-  cli._enable_compilation_cache()
-  try:
-    evaluate(FLAGS.config, FLAGS.workdir, FLAGS.only)
-  except UserError as e:
-    cli._fail(str(e))
+def _cli():
+  from absl import app, flags, logging
+  from ftjax import main as cli     # its --config and --workdir flags, parsing and error format
+  flags.DEFINE_string('only', '', 'comma-separated evaluator names to run (default: all in the config)')
+
+  def main(argv):
+    del argv
+    logging.set_verbosity(logging.ERROR)
+    cli._enable_compilation_cache()
+    try:
+      evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.only)
+    except UserError as e:
+      cli._fail(str(e))
+  app.run(main, flags_parser=cli._parse)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli._parse)
+  _cli()

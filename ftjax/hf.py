@@ -37,7 +37,10 @@ def resolve(path) -> str:
 
 
 def is_hf_dir(path) -> bool:
-  return os.path.exists(os.path.join(resolve(path), 'config.json'))
+  """A transformers model directory (an ftjax workdir also holds a config.json, but no weights file)."""
+  p = resolve(path)
+  return os.path.exists(os.path.join(p, 'config.json')) and any(
+      os.path.exists(os.path.join(p, f)) for f in ('model.safetensors', 'pytorch_model.bin'))
 
 
 def _config_path(path):

@@ -35,7 +35,7 @@ def _parse(argv):
   try:
     rest = FLAGS(argv)
     if FLAGS['config'].present:
-      FLAGS.config.get('seed')  # a config file that failed to load raises only on first use
+      FLAGS.config.get('runs')  # a config file that failed to load raises only on first use
   except (KeyError, AttributeError) as e:
     _fail(_unknown_key(argv, e))
   except flags.Error as e:
@@ -64,9 +64,12 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)   # library chatter; ftjax prints its own progress
   _enable_compilation_cache()
-  from ftjax import train
+  from ftjax import experiment, train
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if 'runs' in FLAGS.config:
+      experiment.run(FLAGS.config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     _fail(str(e))
 

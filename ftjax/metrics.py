@@ -65,8 +65,8 @@ class Writer:
     if self.main:
       loss = scalars.get('train/loss', float('nan'))
       lr = scalars.get('train/learning_rate', float('nan'))
-      print(f'step {step:>6}/{self.total} | loss {loss:.4f} | lr {lr:.2e} | '
-            f'{rate * self.batch:,.0f} ex/s | ETA {eta}', flush=True)
+      speed = f'{rate * self.batch:,.0f} ex/s' if rate == rate else 'compiled'
+      print(f'step {step:>6}/{self.total} | loss {loss:.4f} | lr {lr:.2e} | {speed} | ETA {eta}', flush=True)
 
   def log(self, msg: str):
     if self.main:

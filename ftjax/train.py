@@ -36,6 +36,9 @@ class TrainState:
   rng: jax.Array       # raw uint32 key; step s uses fold_in(rng, s)
 
 
+PREEMPTED = None    # the signal that stopped the last train_and_evaluate, if one did
+
+
 class Preemption:
   """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly.
   A second signal while that is under way stops at once (the last periodic checkpoint stays valid)."""
@@ -256,6 +259,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluators = build_evaluators(config, g_eval, task, mesh, state_sharding)
   if is_main:
     _write_config(config, workdir)
+    if tok is not None:      # the workdir is self-contained: later runs can use it as input.tokenizer
+      tok.save(os.path.join(workdir, 'tokenizer.json'))
 
   # ---- Restore or initialise ------------------------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
@@ -280,6 +285,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {}
 
   # ---- Loop ------------------------------------------------------------------------------------
+  global PREEMPTED
+  PREEMPTED = None
   preempt = Preemption()
   last = {}
   try:
@@ -316,6 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         break
   finally:
     preempt.restore()
+    PREEMPTED = preempt.requested if step < total_steps else None
     ckpt.wait()
     ckpt.close()
     writer.close()

@@ -251,17 +251,25 @@ class BertForPreTraining(_EmbedMixin, nnx.Module):
 
 
 class BertForSequenceClassification(_EmbedMixin, nnx.Module):
-  """Pooled [CLS] -> dropout -> classifier. num_labels=1 is regression."""
+  """Pooled [CLS] -> dropout -> classifier. num_labels=1 is regression. pooling='mean' classifies the
+  mean of the last hidden states instead (no pooler): the better start from an MLM-only encoder,
+  whose [CLS] position nothing trained; transformers' class has no such option."""
 
-  def __init__(self, cfg: BertConfig, *, num_labels=2, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, num_labels=2, pooling='cls', dtype=jnp.float32, rngs: nnx.Rngs):
+    if pooling not in ('cls', 'mean'):
+      raise UserError(f"bert pooling={pooling!r}; choose 'cls' (transformers' pooler) or 'mean'")
     c = _Ctx(cfg, dtype)
-    self.bert = BertModel(cfg, dtype=dtype, rngs=rngs)
+    self.pooling = pooling
+    self.bert = BertModel(cfg, add_pooling_layer=pooling == 'cls', dtype=dtype, rngs=rngs)
     p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
     self.dropout = nnx.Dropout(p)
     self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
-    pooled = self.bert(input_ids, attention_mask, token_type_ids, rngs).pooler_output
+    if self.pooling == 'mean':
+      pooled = self.bert.embed(input_ids, attention_mask, token_type_ids, rngs)
+    else:
+      pooled = self.bert(input_ids, attention_mask, token_type_ids, rngs).pooler_output
     return self.classifier(self.dropout(pooled, rngs=rngs)).astype(jnp.float32)
 
 
@@ -298,10 +306,13 @@ HEADS = {'none': BertModel, 'mlm': BertForPreTraining, 'pretraining': BertForPre
 
 
 def _split_cfg(cfg: dict):
-  """Model cfg -> (head, dtype name, num_labels, BertConfig): `config` (a transformers config.json or
+  """Model cfg -> (head, dtype name, num_labels, pooling, BertConfig): `config` (a transformers config.json or
   model directory, or '') gives the base, the remaining keys override BertConfig fields."""
   cfg = dict(cfg)
   head, dtype, num_labels = cfg.pop('head', 'none'), cfg.pop('dtype', 'float32'), cfg.pop('num_labels', 2)
+  pooling = cfg.pop('pooling', 'cls')
+  if pooling != 'cls' and head != 'classification':
+    raise UserError(f'bert pooling={pooling!r} applies to head=classification only')
   base: dict[str, Any] = {}
   if cfg.get('config'):
     from ftjax import hf
@@ -312,20 +323,22 @@ def _split_cfg(cfg: dict):
     raise UserError(f'model config for bert: unknown keys {sorted(unknown)}')
   if head not in HEADS:
     raise UserError(f'bert head={head!r}; choose one of {", ".join(HEADS)}')
-  return head, dtype, num_labels, BertConfig.from_dict({**base, **cfg})
+  return head, dtype, num_labels, pooling, BertConfig.from_dict({**base, **cfg})
 
 
 def vocab_size(cfg: dict) -> int:
-  return _split_cfg(cfg)[3].vocab_size
+  return _split_cfg(cfg)[-1].vocab_size
 
 
 def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
-  """cfg: head (none|mlm|pretraining|classification|token_classification|qa), num_labels, dtype,
-  `config` and BertConfig overrides (see _split_cfg)."""
-  head, dtype, num_labels, bcfg = _split_cfg(cfg)
+  """cfg: head (none|mlm|pretraining|classification|token_classification|qa), num_labels, pooling
+  (classification: cls|mean), dtype, `config` and BertConfig overrides (see _split_cfg)."""
+  head, dtype, num_labels, pooling, bcfg = _split_cfg(cfg)
   kw = dict(dtype=models.dtype(dtype), rngs=rngs)
   if head in ('classification', 'token_classification'):
     kw['num_labels'] = num_labels
+  if head == 'classification':
+    kw['pooling'] = pooling
   if head == 'pretraining':
     kw['nsp'] = True
   return HEADS[head](bcfg, **kw)
@@ -362,6 +375,8 @@ def hf_config(model) -> dict:
   cfg = dataclasses.asdict(base.config)
   cls = type(model).__name__
   cfg.update(model_type='bert', architectures=[ARCHITECTURES.get(cls, cls)])
+  if getattr(model, 'pooling', 'cls') != 'cls':
+    raise UserError("a pooling='mean' classifier has no transformers equivalent; export model.bert, the encoder")
   classifier = getattr(model, 'classifier', None)
   if classifier is not None:
     n = classifier.out_features
