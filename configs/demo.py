@@ -66,6 +66,8 @@ def get_config(arg=None):
             ('sentiment text', 'minilm', 'sentiment_minilm', 'test/accuracy')],
       extras=[('digits: linear probe on SimCLR features (test)', 'digits_simclr', 'probe_test/accuracy'),
               ('digits: linear probe on random-init features (test)', 'digits_random', 'probe_test/accuracy'),
+              ('digits: linear probe fit on 250 labels, SimCLR features', 'digits_simclr', 'probe_250/accuracy'),
+              ('digits: linear probe fit on 250 labels, random-init features', 'digits_random', 'probe_250/accuracy'),
               ('digits: 5-shot on SimCLR features', 'digits_simclr', 'fewshot/5shot'),
               ('digits: 5-shot on random-init features', 'digits_random', 'fewshot/5shot'),
               ('sentiment: TF-IDF + logistic regression, same labelled tweets', 'sentiment_scratch', 'tfidf/accuracy'),

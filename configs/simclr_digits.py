@@ -41,6 +41,7 @@ def get_config(arg=None):
   probe = dict(type='linear_probe', split='validation', batch_size=256)
   c.evals.probe = eval_config(**probe, every=0 if smoke else 100)
   c.evals.probe_test = eval_config(**{**probe, 'split': 'test'})
+  c.evals.probe_250 = eval_config(**{**probe, 'split': 'test', 'train_split': 'train[:250]'})   # few labels
   c.evals.fewshot = eval_config(type='fewshot', split='test', shots=(1, 5, 10, 25))
   c.evals.knn = eval_config(type='knn', split='test', k=20)
   c.checkpoint.every = 100

@@ -5,6 +5,8 @@ against a real default and an unknown key fails before any compute.
 """
 import ml_collections
 
+from ftjax.parallel import DEFAULT_RULES
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -13,7 +15,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = -1.0         # > 0: overrides total_steps from the train split size
   c.log_every = 50
   c.mesh_shape = (-1,)        # -1: all remaining devices
-  c.mesh_axes = ('data',)
+  c.mesh_axes = ('data',)     # ('fsdp',): sharded parameters; ('data', 'model'): tensor parallel
+  # logical axis -> mesh axes, for every parameter (ftjax/parallel.py); axes the mesh lacks are ignored
+  c.sharding_rules = DEFAULT_RULES
 
   c.input = ml_collections.ConfigDict(dict(
       dataset='',             # TFDS name, path to .npz / image folder ('{split}' is substituted), or synthetic(...)

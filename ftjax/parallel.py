@@ -49,3 +49,76 @@ def data_parallel_size(mesh) -> int:
 def global_batch(local_batch: dict, sharding) -> dict:
   """This process's slice of the batch -> one global jax.Array per key."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+# ---- Parameter sharding: logical axes (per model family) -> mesh axes (one rules table) ----------
+# Each model family names the logical axes of every parameter (`logical_axes(name, ndim)`); the rules
+# map a logical axis to mesh axes. A rule naming an axis the mesh lacks is ignored, so one table serves
+# every strategy and the mesh picks it: ('data',) data parallel, ('fsdp',) parameters and optimizer
+# state sharded over the data-parallel devices, ('data', 'model') tensor parallel, ('fsdp', 'model') both.
+DEFAULT_RULES = (
+    ('embed', 'fsdp'),        # BERT hidden size, a ResNet's feature width
+    ('conv_out', 'fsdp'),     # conv output channels, BatchNorm
+    ('heads', 'model'),       # attention heads x head dim
+    ('mlp', 'model'),         # BERT's intermediate size
+    ('vocab', 'model'),
+)
+
+
+def _axis_size(mesh, axes):
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def spec_for(logical: tuple, shape: tuple, mesh, rules) -> P:
+  """PartitionSpec for one array: each dimension takes its logical axis's mesh axes if the mesh has
+  them, they are not used by an earlier dimension, and they divide the dimension; else replicated."""
+  table = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in rules}
+  used, out = set(), []
+  for name, dim in zip(logical, shape):
+    axes = tuple(a for a in table.get(name, ()) if a in mesh.axis_names and a not in used) if name else ()
+    if axes and dim % _axis_size(mesh, axes) == 0 and _axis_size(mesh, axes) > 1:
+      used.update(axes)
+      out.append(axes[0] if len(axes) == 1 else axes)
+    else:
+      out.append(None)
+  return P(*out)
+
+
+def _dotted(path):
+  return '.'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path)
+
+
+def param_shardings(tree, mesh, rules, logical_axes):
+  """NamedShardings for a tree of parameters (or BatchNorm statistics) named like the model's."""
+  def one(path, x):
+    logical = logical_axes(_dotted(path), len(x.shape)) if logical_axes else (None,) * len(x.shape)
+    return NamedSharding(mesh, spec_for(tuple(logical), tuple(x.shape), mesh, rules))
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def state_shardings(abstract_state, mesh, rules, logical_axes):
+  """Shardings for a TrainState: parameters and model state by rule; optimizer-state leaves follow
+  the parameter whose path their own path ends with (Adam's mu / nu, momentum), else replicated."""
+  params = param_shardings(abstract_state.params, mesh, rules, logical_axes)
+  by_path = {_dotted(p): (s, tuple(x.shape)) for (p, s), x in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(abstract_state.params))}
+
+  def opt(path, x):
+    name = _dotted(path)
+    for k, (s, shape) in by_path.items():
+      if (name == k or name.endswith('.' + k)) and tuple(x.shape) == shape:
+        return s
+    return replicated(mesh)
+  return abstract_state.replace(
+      step=replicated(mesh), rng=replicated(mesh), params=params,
+      model_state=param_shardings(abstract_state.model_state, mesh, rules, logical_axes),
+      opt_state=jax.tree_util.tree_map_with_path(opt, abstract_state.opt_state))
+
+
+def bytes_per_device(tree, shardings) -> int:
+  """Bytes one device holds of `tree` (abstract or real arrays) under `shardings`."""
+  total = 0
+  for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
+    shard = s.shard_shape(tuple(x.shape))
+    total += math.prod(shard) * np.dtype(x.dtype).itemsize
+  return total

@@ -171,6 +171,22 @@ def make_predict_step(graphdef_eval, task):
   return predict
 
 
+def build_step(config, mesh, total_steps: int):
+  """Task, optimizer, init function, abstract state, its shardings, the trainable mask, the train step
+  (not yet jitted) and the (train, eval) graphdefs: everything a step needs, for the trainer and ftjax.aot."""
+  family = models.get_module(config.model.name)
+  task = tasks.build(config.task)
+  tx, schedule = optim.build(config.optim, config.schedule, total_steps, layer_of=getattr(family, 'lr_layer', None))
+  g_train, g_eval = graphdefs(config.model)
+  init = make_init(config.model, tx, config.seed)
+  abstract = jax.eval_shape(init)
+  state_sharding = parallel.state_shardings(abstract, mesh, config.sharding_rules, getattr(family, 'logical_axes', None))
+  trainable = optim.trainable_fn(config.optim)
+  step = make_train_step(g_train if config.task.train_mode else g_eval, task, tx, schedule,
+                         config.optim.accum_steps, trainable)
+  return task, tx, init, abstract, state_sharding, trainable, step, (g_train, g_eval)
+
+
 def make_embed_step(graphdef_eval, task):
   """Frozen features and labels, for the linear-probe / few-shot / k-NN evaluators."""
   def embed(state, batch):
@@ -240,22 +256,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise UserError(f'total_steps={total_steps}: set total_steps or num_epochs > 0')
 
   # ---- Model, task, optimizer -----------------------------------------------------------------
-  task = tasks.build(config.task)
-  tx, schedule = optim.build(config.optim, config.schedule, total_steps,
-                             layer_of=getattr(models.get_module(config.model.name), 'lr_layer', None))
-  g_train, g_eval = graphdefs(config.model)
+  task, tx, init, abstract, state_sharding, trainable, step_fn, (_, g_eval) = build_step(config, mesh, total_steps)
+  train_step = jax.jit(step_fn, in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
+                       donate_argnums=0)
   tok, vocab = data.tokenizer(config.input), models.vocab_size(config.model)
   if tok is not None and vocab:
     from ftjax.data import text
     text.check_vocab(tok, vocab, f'input.tokenizer={config.input.tokenizer!r}')
-  init = make_init(config.model, tx, config.seed)
-  abstract = jax.eval_shape(init)
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  trainable = optim.trainable_fn(config.optim)
-  train_step = jax.jit(make_train_step(g_train if config.task.train_mode else g_eval, task, tx, schedule,
-                                       config.optim.accum_steps, trainable),
-                       in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
-                       donate_argnums=0)
   evaluators = build_evaluators(config, g_eval, task, mesh, state_sharding)
   if is_main:
     _write_config(config, workdir)

@@ -370,6 +370,32 @@ def lr_layer(name: str) -> int | None:
   return int(m.group(2)) + 1 if m else None
 
 
+# Logical axes of every parameter (ftjax/parallel.py maps them to mesh axes): Megatron-style tensor
+# parallelism splits Q/K/V and the first MLP matrix by output, the projections back by input.
+_KERNEL_AXES = ((r'attention\.self\.(query|key|value)$', ('embed', 'heads')),
+                (r'attention\.output\.dense$', ('heads', 'embed')),
+                (r'intermediate\.dense$', ('embed', 'mlp')),
+                (r'layer\.\d+\.output\.dense$', ('mlp', 'embed')))
+
+
+def logical_axes(name: str, ndim: int) -> tuple:
+  module, leaf = name.rsplit('.', 1)
+  kernel = next((axes for pat, axes in _KERNEL_AXES if re.search(pat, module)), ('embed', None))
+  if leaf == 'embedding':
+    return ('vocab', 'embed') if 'word_embeddings' in module else (None, 'embed')
+  if leaf == 'kernel':
+    return kernel
+  if leaf == 'lora_a':                    # [in, r]: split like the kernel's input
+    return (kernel[0], None)
+  if leaf == 'lora_b':                    # [r, out]
+    return (None, kernel[1])
+  if leaf == 'bias' and module.endswith('cls.predictions'):
+    return ('vocab',)
+  if leaf == 'bias':
+    return (kernel[1],)
+  return ('embed',) if ndim == 1 else (None,) * ndim      # LayerNorm scale / bias
+
+
 def hf_config(model) -> dict:
   base = model if isinstance(model, BertModel) else model.bert
   cfg = dataclasses.asdict(base.config)

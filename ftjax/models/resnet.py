@@ -214,6 +214,21 @@ def lr_layer(name: str) -> int | None:
   return int(m.group(1)) + 1 if m else None
 
 
+def logical_axes(name: str, ndim: int) -> tuple:
+  """Conv kernels split by output channel, BatchNorm / GroupNorm along it; dense layers (head,
+  projector) by input features."""
+  leaf = name.rsplit('.', 1)[-1]
+  if ndim == 4:
+    return (None, None, None, 'conv_out')
+  if leaf in ('kernel', 'lora_a'):
+    return ('embed', None)
+  if leaf == 'lora_b':
+    return (None, None)
+  if '.layers.' in name or name.startswith(('head.', 'projector.')):
+    return (None,) * ndim
+  return ('conv_out',)
+
+
 # ---- transformers layout (ResNetModel / ResNetForImageClassification; ftjax/hf.py) --------------
 HF_PREFIX = 'resnet.'
 _LEAVES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
