@@ -18,6 +18,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh_axes = ('data',)     # ('fsdp',): sharded parameters; ('data', 'model'): tensor parallel
   # logical axis -> mesh axes, for every parameter (ftjax/parallel.py); axes the mesh lacks are ignored
   c.sharding_rules = DEFAULT_RULES
+  # Multi-process runs (launch/): coordinator 'host:port' (or $FTJAX_COORDINATOR, $FTJAX_NUM_PROCESSES,
+  # $FTJAX_PROCESS_ID), or auto=True on a TPU pod (SLURM is detected). Seconds before a lost peer is fatal.
+  c.distributed = ml_collections.ConfigDict(dict(coordinator='', num_processes=1, process_id=0, auto=False,
+                                                 init_timeout=300, heartbeat_timeout=30))
 
   c.input = ml_collections.ConfigDict(dict(
       dataset='',             # TFDS name, path to .npz / image folder ('{split}' is substituted), or synthetic(...)

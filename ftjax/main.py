@@ -64,14 +64,23 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)   # library chatter; ftjax prints its own progress
   _enable_compilation_cache()
-  from ftjax import experiment, train
+  from ftjax import experiment, parallel, train
   try:
+    if 'distributed' in FLAGS.config:
+      parallel.init_distributed(FLAGS.config.distributed)
     if 'runs' in FLAGS.config:
       experiment.run(FLAGS.config, FLAGS.workdir)
     else:
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     _fail(str(e))
+  except Exception as e:                   # a lost peer surfaces as a failed collective
+    import jax
+    if jax.process_count() > 1 and type(e).__name__ == 'JaxRuntimeError':
+      print(f'ftjax: error: process {jax.process_index()} lost contact with another process ({str(e).splitlines()[0]}); '
+            'stopping. Start all processes again to resume from the last checkpoint.', file=sys.stderr, flush=True)
+      os._exit(1)                          # no shutdown barrier: the peer is gone
+    raise
 
 
 def run():

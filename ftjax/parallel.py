@@ -122,3 +122,27 @@ def bytes_per_device(tree, shardings) -> int:
     shard = s.shard_shape(tuple(x.shape))
     total += math.prod(shard) * np.dtype(x.dtype).itemsize
   return total
+
+
+# ---- Multi-process (multi-host) start-up ---------------------------------------------------------
+def init_distributed(cfg) -> bool:
+  """Starts JAX's multi-controller runtime when asked to: an explicit coordinator (config
+  `distributed.coordinator` or $FTJAX_COORDINATOR, with the process count and this process's id), or
+  what a TPU pod or a SLURM allocation provides (`distributed.auto`, or $SLURM_NTASKS > 1). Returns
+  whether it did. A peer that stops answering heartbeats ends the others after
+  `distributed.heartbeat_timeout` seconds instead of leaving them waiting."""
+  import os
+  coordinator = os.environ.get('FTJAX_COORDINATOR', cfg.coordinator)
+  kw = dict(initialization_timeout=int(cfg.init_timeout), heartbeat_timeout_seconds=int(cfg.heartbeat_timeout))
+  if coordinator:
+    n = int(os.environ.get('FTJAX_NUM_PROCESSES', cfg.num_processes))
+    i = int(os.environ.get('FTJAX_PROCESS_ID', cfg.process_id))
+    if n < 1 or not 0 <= i < n:
+      raise UserError(f'distributed: coordinator {coordinator} needs num_processes >= 1 and 0 <= process_id < '
+                      f'num_processes (got {n}, {i}; $FTJAX_NUM_PROCESSES / $FTJAX_PROCESS_ID)')
+    jax.distributed.initialize(coordinator, n, i, **kw)
+    return True
+  if cfg.auto or int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.distributed.initialize(**kw)       # TPU pod metadata, or SLURM's environment
+    return True
+  return False

@@ -90,11 +90,8 @@ class _Columns:
     return {k: v[i] for k, v in self.cols.items()}
 
 
-def _examples(src, pp, seed, process_index, process_count):
-  ds = grain.MapDataset.source(src)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return ds, lambda d: d.random_map(lambda ex, rng: _fix(pp(ex, rng)), seed=seed)
+def _examples(src, pp, seed):
+  return grain.MapDataset.source(src), lambda d: d.random_map(lambda ex, rng: _fix(pp(ex, rng)), seed=seed)
 
 
 def _fix(ex):
@@ -110,11 +107,19 @@ def train_iterator(cfg, seed, process_index=0, process_count=1):
   tok = tokenizer(cfg)
   src = _source(cfg, cfg.train_split, tok)
   bs = local_batch_size(cfg.batch_size, process_count)
-  ds, with_pp = _examples(src, ops.parse(cfg.pp_train, tok=tok), seed + 1, process_index, process_count)
-  if len(ds) < bs:
-    raise UserError(f'train split {cfg.train_split!r} of {cfg.dataset!r} has {len(ds)} examples per process, '
-                    f'fewer than the per-process batch of {bs}')
-  ds = with_pp(ds.shuffle(seed=seed).repeat(None)).batch(bs, drop_remainder=True)
+  if len(src) < cfg.batch_size:
+    raise UserError(f'train split {cfg.train_split!r} of {cfg.dataset!r} has {len(src)} examples, '
+                    f'fewer than the batch of {cfg.batch_size}')
+  ds, with_pp = _examples(src, ops.parse(cfg.pp_train, tok=tok), seed + 1)
+  ds = with_pp(ds.shuffle(seed=seed).repeat(None))
+  if process_count > 1:
+    # One global stream, whatever the process count: process p reads rows [p*bs, (p+1)*bs) of every
+    # global batch, so a run's data (and augmentation randomness) does not depend on how many
+    # processes share it, and a checkpoint resumes on another process count.
+    stream, gb = ds, cfg.batch_size
+    ds = grain.MapDataset.range(len(stream) // process_count).map(
+        lambda k: stream[(k // bs) * gb + process_index * bs + k % bs])
+  ds = ds.batch(bs, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch))
   return iter(it), len(src)
 
@@ -124,11 +129,13 @@ def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count
   tok = tokenizer(cfg)
   src = _source(cfg, split, tok)
   bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
-  ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0, process_index, process_count)
+  ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0)
   ds = with_pp(ds)
-  n_batches = math.ceil(math.ceil(len(src) / process_count) / bs)
-  for b in range(n_batches):
-    items = [ds[i] for i in range(b * bs, min((b + 1) * bs, len(ds)))]
+  # Process p reads rows [p*bs, (p+1)*bs) of each global batch: the same examples, preprocessing
+  # randomness and order as one process would see.
+  for b in range(math.ceil(len(src) / batch_size)):
+    start = b * batch_size + process_index * bs
+    items = [ds[i] for i in range(start, min(start + bs, len(ds)))]
     n = len(items)
     template = items[0] if items else ds[0]
     items += [template] * (bs - n)

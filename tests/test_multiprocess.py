@@ -1,0 +1,86 @@
+"""Real multi-process runs: 2 processes on 127.0.0.1 through launch/local.sh (JAX's distributed runtime,
+gloo collectives), against one process with the same number of devices."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from conftest import ROOT, main_env, run_main
+
+SMOKE = ['--config=configs/bert_mlm_pydoc.py:smoke', '--config.checkpoint.best_metric=']
+
+
+def _local(n, *args, timeout=600):
+  env = main_env(1)
+  env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
+  return subprocess.run(['bash', 'launch/local.sh', str(n), *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _rows(w):
+  return [json.loads(l) for l in open(os.path.join(w, 'metrics.jsonl'))]
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+  multi, single = str(tmp_path / 'multi'), str(tmp_path / 'single')
+  r = _local(2, *SMOKE, f'--workdir={multi}')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "[0] bert:" in r.stdout and "mesh {'data': 2}" in r.stdout and '[1] bert:' not in r.stdout
+  r1 = run_main(*SMOKE, f'--workdir={single}', devices=2)
+  assert r1.returncode == 0, r1.stderr[-3000:]
+  a, b = _rows(multi), _rows(single)
+  assert [x['step'] for x in a] == [x['step'] for x in b]        # written once, by process 0
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_allclose(x[k], y[k], rtol=1e-5, err_msg=k)
+  # The two-process checkpoint restores in one process: one more step continues the run.
+  r2 = run_main(*SMOKE, f'--workdir={multi}', '--config.total_steps=10', devices=1)
+  assert r2.returncode == 0, r2.stderr[-3000:]
+  assert 'resumed from' in r2.stdout and _rows(multi)[-1]['step'] == 10
+
+
+def test_losing_a_peer_ends_the_other_process_with_an_error(tmp_path):
+  env = main_env(1)
+  env.update(FTJAX_COORDINATOR='127.0.0.1:%d' % (20000 + os.getpid() % 20000), FTJAX_NUM_PROCESSES='2')
+  args = [sys.executable, '-m', 'ftjax.main', '--config=configs/resnet_digits.py:smoke', f'--workdir={tmp_path}',
+          '--config.total_steps=100000', '--config.log_every=1', '--config.distributed.heartbeat_timeout=10']
+  procs = [subprocess.Popen(args, cwd=ROOT, env={**env, 'FTJAX_PROCESS_ID': str(i)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    for line in procs[0].stdout:                 # training is under way in both
+      if 'step     20/' in line:
+        break
+    procs[1].send_signal(signal.SIGKILL)
+    t = time.time()
+    out, _ = procs[0].communicate(timeout=120)
+    assert procs[0].returncode != 0
+    assert time.time() - t < 120
+    assert 'lost contact with another process' in out or 'another task died' in out, out[-3000:]
+  finally:
+    for p in procs:
+      p.kill()
+
+
+def test_sweep_grid_writes_the_table_marks_the_best_and_skips_finished_runs(tmp_path):
+  cmd = [sys.executable, 'launch/sweep.py', '--config=configs/resnet_digits.py:smoke', f'--workdir={tmp_path}',
+         '--grid', 'optim.lr=1e-3,1e-2', '--grid', 'seed=0,1', '--parallel=2']
+  r = subprocess.run(cmd, cwd=ROOT, env=main_env(1), capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  import csv
+  rows = list(csv.DictReader(open(tmp_path / 'sweep.csv')))
+  assert len(rows) == 4 and {(x['optim.lr'], x['seed']) for x in rows} == {
+      (lr, s) for lr in ('1e-3', '1e-2') for s in ('0', '1')}
+  best = [x for x in rows if x['is_best'] == 'True']
+  assert len(best) == 1 and float(best[0]['best']) == max(float(x['best']) for x in rows)
+  for x in rows:                       # the table's numbers are the runs' own
+    vals = [json.loads(l)['eval/accuracy'] for l in open(os.path.join(x['workdir'], 'metrics.jsonl'))
+            if 'eval/accuracy' in l]
+    assert float(x['final']) == vals[-1] and float(x['best']) == max(vals)
+  md = (tmp_path / 'sweep.md').read_text()
+  assert md.count('(best)') == 1 and f"**{best[0]['name']}** (best)" in md
+  again = subprocess.run(cmd, cwd=ROOT, env=main_env(1), capture_output=True, text=True, timeout=120)
+  assert again.returncode == 0 and again.stdout.count('finished before, skipped') == 4
