@@ -33,8 +33,9 @@ def report(config) -> dict:
   batch = {k: jax.ShapeDtypeStruct((config.input.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in local.items()}
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shard)
-  compiled = jax.jit(step, in_shardings=(shard, batch_sharding), out_shardings=(shard, None),
-                     donate_argnums=0).lower(state, batch).compile()
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(step, in_shardings=(shard, batch_sharding), out_shardings=(shard, None),
+                       donate_argnums=0).lower(state, batch).compile()
   mem = compiled.memory_analysis()
   out = {'devices': mesh.size, 'mesh': dict(mesh.shape),
          'params': parallel.bytes_per_device(abstract.params, shard.params),

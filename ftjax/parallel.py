@@ -146,3 +146,23 @@ def init_distributed(cfg) -> bool:
     jax.distributed.initialize(**kw)       # TPU pod metadata, or SLURM's environment
     return True
   return False
+
+
+# ---- Activations ----------------------------------------------------------------------------------
+ACTIVATION_AXES = {'heads': 'model', 'mlp': 'model'}     # 'batch' -> every data axis; others replicated
+
+
+def constrain(x, logical: tuple):
+  """Pins an activation's sharding inside a step traced under `jax.set_mesh(mesh)` (the trainer does
+  that), so XLA keeps activations split by batch (and by heads / MLP units under tensor parallelism)
+  instead of replicating them. Outside a mesh context, or on one device, it does nothing."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return x
+  spec = []
+  for name, dim in zip(logical, x.shape):
+    axes = (tuple(a for a in mesh.axis_names if a in DATA_AXES) if name == 'batch'
+            else tuple(a for a in (ACTIVATION_AXES.get(name),) if a in mesh.axis_names))
+    size = math.prod(mesh.shape[a] for a in axes)
+    spec.append(axes if axes and size > 1 and dim % size == 0 else None)
+  return jax.lax.with_sharding_constraint(x, P(*spec))

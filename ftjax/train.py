@@ -52,6 +52,18 @@ class Preemption:
       raise KeyboardInterrupt(f'second {signal.Signals(signum).name}: stopping without saving')
     self.requested = signal.Signals(signum).name
 
+  peer = None
+
+  def agreed(self, sync: bool):
+    """Multi-process: the first signal seen by any process, once they have compared notes (a
+    collective, so only every few steps); None until then."""
+    if sync and self.peer is None:
+      from jax.experimental import multihost_utils
+      flags = multihost_utils.process_allgather(np.int32(signal.Signals[self.requested].value if self.requested else 0))
+      hit = [int(f) for f in np.ravel(flags) if f]
+      self.peer = signal.Signals(hit[0]).name if hit else None
+    return self.peer
+
   def restore(self):
     for s, h in self._old.items():
       signal.signal(s, h)
@@ -299,11 +311,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     while step < total_steps:
       batch = parallel.global_batch(next(train_iter), data_sharding)
-      state, step_metrics = train_step(state, batch)
+      with jax.set_mesh(mesh):      # the mesh that parallel.constrain pins activations to
+        state, step_metrics = train_step(state, batch)
       step += 1
       final = step == total_steps
+      stop = preempt.requested
+      if jax.process_count() > 1:   # every process must stop at the same step: agree every 10 steps
+        stop = preempt.agreed(step % 10 == 0)
 
-      if step % config.log_every == 0 or final or step == 1 or preempt.requested:
+      if step % config.log_every == 0 or final or step == 1 or stop:
         last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if not math.isfinite(last['train/loss']):
           raise FloatingPointError(f'train/loss is {last["train/loss"]} at step {step}; stopping '
@@ -322,15 +338,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if ckpt.maybe_save_best(step, state, train_iter.get_state(), res):
             writer.log(f'  new best {config.checkpoint.best_metric} = {ckpt.best_value:.4f}')
 
-      if final or step % config.checkpoint.every == 0 or preempt.requested:
+      if final or step % config.checkpoint.every == 0 or stop:
         ckpt.save(step, state, train_iter.get_state())
-      if preempt.requested and not final:
-        writer.log(f'{preempt.requested}: saved step {step} to {workdir}/checkpoints; rerun the same '
+      if stop and not final:
+        writer.log(f'{stop}: saved step {step} to {workdir}/checkpoints; rerun the same '
                    'command to resume')
         break
   finally:
     preempt.restore()
-    PREEMPTED = preempt.requested if step < total_steps else None
+    PREEMPTED = (preempt.requested or preempt.peer) if step < total_steps else None
     ckpt.wait()
     ckpt.close()
     writer.close()

@@ -47,9 +47,11 @@ def _run(cfg, init, step, batch, mesh):
   data = parallel.batch_sharding(mesh)
   f = jax.jit(step, in_shardings=(shard, data), out_shardings=(shard, None), donate_argnums=0)
   hist = []
-  for _ in range(2):
-    state, m = f(state, parallel.global_batch(batch, data))
-    hist.append(jax.device_get(m))
+  with jax.set_mesh(mesh):                          # as the trainer does: activations pinned too
+    for _ in range(2):
+      state, m = f(state, parallel.global_batch(batch, data))
+      hist.append(jax.device_get(m))
+    _run.hlo = f.lower(jax.eval_shape(lambda: state), parallel.global_batch(batch, data)).as_text()
   return hist, state, shard, abstract
 
 
@@ -78,6 +80,8 @@ def test_strategy_matches_one_device(family, strategy):
   else:
     # ResNets have no tensor-parallel axis: under `model` they are replicated, as data parallelism.
     assert split == ({'fsdp', 'model'} if name == 'bert' else {'fsdp'}) & set(axes)
+  if strategy != 'dp':                            # activations carry their constraints into the program
+    assert 'sharding_constraint' in _run.hlo or 'Sharding' in _run.hlo
   if name == 'bert' and 'tp' in strategy:         # attention and MLP really split over `model`
     q = shard.params['bert']['encoder']['layer'][0]['attention']['self']['query']['kernel'].spec
     o = shard.params['bert']['encoder']['layer'][0]['output']['dense']['kernel'].spec

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ftjax import models
+from ftjax import models, parallel
 from ftjax.errors import UserError
 
 ACTS = {'gelu': lambda x: jax.nn.gelu(x, approximate=False), 'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
@@ -98,7 +98,8 @@ class BertSelfAttention(nnx.Module):
 
   def __call__(self, x, mask, rngs=None):
     b, t, _ = x.shape
-    q, k, v = (f(x).reshape(b, t, self.num_heads, self.head_dim) for f in (self.query, self.key, self.value))
+    q, k, v = (parallel.constrain(f(x).reshape(b, t, self.num_heads, self.head_dim), ('batch', None, 'heads', None))
+               for f in (self.query, self.key, self.value))
     if self.dropout.deterministic or self.dropout.rate == 0:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     else:
@@ -133,7 +134,7 @@ class BertIntermediate(nnx.Module):
     self.act = ACTS[c.cfg.hidden_act]
 
   def __call__(self, x):
-    return self.act(self.dense(x))
+    return parallel.constrain(self.act(self.dense(x)), ('batch', None, 'mlp'))
 
 
 class BertLayer(nnx.Module):
@@ -153,7 +154,7 @@ class BertEncoder(nnx.Module):
 
   def __call__(self, x, mask, rngs=None):
     for layer in self.layer:
-      x = layer(x, mask, rngs)
+      x = parallel.constrain(layer(x, mask, rngs), ('batch', None, None))
     return x
 
 

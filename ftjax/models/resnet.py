@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ftjax import models
+from ftjax import models, parallel
 from ftjax.errors import UserError
 
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -176,7 +176,7 @@ class ResNet(nnx.Module):
       x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage in self.stages:
       for blk in stage:
-        x = blk(x)
+        x = parallel.constrain(blk(x), ('batch', None, None, None))
     if self.final_norm is not None:
       x = nnx.relu(self.final_norm(x))
     return x.mean(axis=(1, 2)).astype(jnp.float32)
