@@ -10,6 +10,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from ftjax import trees
 from ftjax.errors import UserError
 
 
@@ -74,20 +75,14 @@ class Checkpointer:
       self.best.close()
 
 
-def _flat(tree):
-  """{'a.0.kernel': leaf}: dotted names, list indices and their restored string form ('0') alike."""
-  return {'.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in p): v
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def merge_by_name(target: dict, source: dict, reinit: str = '', where: str = 'init.source'):
   """Copies source leaves into target where paths agree, except paths matching the regex `reinit`.
   A shape disagreement outside `reinit` is an error. Returns (merged tree, report of loaded /
   initialised / ignored paths)."""
   import re
-  src = _flat(source)
+  src = trees.flat(source)
   loaded, initialised, leaves = [], [], []
-  for key, value in _flat(target).items():
+  for key, value in trees.flat(target).items():
     if key not in src or (reinit and re.search(reinit, key)):
       leaves.append(value)
       initialised.append(key)

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ftjax import trees
 from ftjax.errors import UserError
 
 # transformers model_type -> ftjax model name (a module under ftjax.models with hf_name / hf_config).
@@ -83,10 +84,8 @@ def load_state_dict(path: str) -> dict:
 
 
 def _flat(tree):
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    out[tuple(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)] = leaf
-  return out
+  """{path as a tuple of names: leaf}: the model families' hf_name takes the parts."""
+  return {trees.parts(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _unflat(flat: dict, like):

@@ -11,6 +11,7 @@ import jax
 import optax
 
 from ftjax.errors import UserError
+from ftjax.trees import names
 
 
 def schedule(cfg_optim, cfg_sched, total_steps: int) -> optax.Schedule:
@@ -35,12 +36,6 @@ def schedule(cfg_optim, cfg_sched, total_steps: int) -> optax.Schedule:
 def decay_mask(params):
   """True where weight decay applies: kernels and embeddings (ndim >= 2), never biases or norm scales."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
-def names(tree):
-  """The same tree with each leaf replaced by its dotted path ('bert.encoder.layer.0.output.dense.kernel')."""
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: '.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in p), tree)
 
 
 def trainable_fn(cfg_optim):

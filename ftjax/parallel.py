@@ -5,6 +5,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ftjax import trees
 from ftjax.errors import UserError
 
 
@@ -84,14 +85,10 @@ def spec_for(logical: tuple, shape: tuple, mesh, rules) -> P:
   return P(*out)
 
 
-def _dotted(path):
-  return '.'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path)
-
-
 def param_shardings(tree, mesh, rules, logical_axes):
   """NamedShardings for a tree of parameters (or BatchNorm statistics) named like the model's."""
   def one(path, x):
-    logical = logical_axes(_dotted(path), len(x.shape)) if logical_axes else (None,) * len(x.shape)
+    logical = logical_axes(trees.dotted(path), len(x.shape)) if logical_axes else (None,) * len(x.shape)
     return NamedSharding(mesh, spec_for(tuple(logical), tuple(x.shape), mesh, rules))
   return jax.tree_util.tree_map_with_path(one, tree)
 
@@ -100,11 +97,11 @@ def state_shardings(abstract_state, mesh, rules, logical_axes):
   """Shardings for a TrainState: parameters and model state by rule; optimizer-state leaves follow
   the parameter whose path their own path ends with (Adam's mu / nu, momentum), else replicated."""
   params = param_shardings(abstract_state.params, mesh, rules, logical_axes)
-  by_path = {_dotted(p): (s, tuple(x.shape)) for (p, s), x in zip(
+  by_path = {trees.dotted(p): (s, tuple(x.shape)) for (p, s), x in zip(
       jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(abstract_state.params))}
 
   def opt(path, x):
-    name = _dotted(path)
+    name = trees.dotted(path)
     for k, (s, shape) in by_path.items():
       if (name == k or name.endswith('.' + k)) and tuple(x.shape) == shape:
         return s
