@@ -37,14 +37,18 @@ def replicated(mesh):
 DATA_AXES = ('replica', 'data', 'fsdp')
 
 
+def data_axes(mesh) -> tuple:
+  """The mesh axes the batch is split over, in mesh order."""
+  return tuple(a for a in mesh.axis_names if a in DATA_AXES)
+
+
 def batch_sharding(mesh):
   """Leading (batch) dimension split over every mesh axis named like a data axis."""
-  data_axes = tuple(a for a in mesh.axis_names if a in DATA_AXES)
-  return NamedSharding(mesh, P(data_axes or None))
+  return NamedSharding(mesh, P(data_axes(mesh) or None))
 
 
 def data_parallel_size(mesh) -> int:
-  return math.prod(mesh.shape[a] for a in mesh.axis_names if a in DATA_AXES)
+  return math.prod(mesh.shape[a] for a in data_axes(mesh))
 
 
 def global_batch(local_batch: dict, sharding) -> dict:
@@ -156,10 +160,5 @@ def constrain(x, logical: tuple):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return x
-  spec = []
-  for name, dim in zip(logical, x.shape):
-    axes = (tuple(a for a in mesh.axis_names if a in DATA_AXES) if name == 'batch'
-            else tuple(a for a in (ACTIVATION_AXES.get(name),) if a in mesh.axis_names))
-    size = math.prod(mesh.shape[a] for a in axes)
-    spec.append(axes if axes and size > 1 and dim % size == 0 else None)
-  return jax.lax.with_sharding_constraint(x, P(*spec))
+  rules = (('batch', data_axes(mesh)), *ACTIVATION_AXES.items())
+  return jax.lax.with_sharding_constraint(x, spec_for(tuple(logical), x.shape, mesh, rules))
