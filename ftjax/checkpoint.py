@@ -98,20 +98,25 @@ def merge_by_name(target: dict, source: dict, reinit: str = '', where: str = 'in
           {'loaded': loaded, 'initialised': initialised, 'ignored': ignored})
 
 
-def read_params(source: str):
-  """(params, model_state) as saved by ftjax in `source`: a workdir, its checkpoints/ or best/ folder,
-  or one step folder. Restored on the host, without needing the model that wrote them."""
+def find_step_dir(source: str) -> str | None:
+  """The checkpoint folder `source` names: a workdir (its latest in checkpoints/, else best/), one of
+  those folders (its latest step), or a step folder itself; None if there is none."""
   src = os.path.abspath(os.path.expanduser(source))
   for sub in ('checkpoints', 'best', ''):
     d = os.path.join(src, sub) if sub else src
     if os.path.isdir(os.path.join(d, 'state')):
-      step_dir = d
-      break
+      return d
     steps = sorted((int(n) for n in os.listdir(d) if n.isdigit()), reverse=True) if os.path.isdir(d) else []
     if steps:
-      step_dir = os.path.join(d, str(steps[0]))
-      break
-  else:
+      return os.path.join(d, str(steps[0]))
+  return None
+
+
+def read_params(source: str):
+  """(params, model_state, step folder) as saved by ftjax in `source` (see find_step_dir). Restored
+  on the host, without needing the model that wrote them."""
+  step_dir = find_step_dir(source)
+  if step_dir is None:
     raise UserError(f'init.source={source!r}: no ftjax checkpoint there (expected <workdir>/checkpoints/<step>)')
   restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'state'))
   return restored['params'], restored.get('model_state', {}), step_dir

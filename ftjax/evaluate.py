@@ -31,10 +31,9 @@ def evaluate(config, workdir: str, only: str = '') -> dict:
   tx, _ = optim.build(config.optim, config.schedule, max(2, config.schedule.warmup_steps + 1))
   fresh = train.initialize(train.make_init(config.model, tx, config.seed), None)
   fresh = fresh.replace(opt_state=())
-  has_ckpt = os.path.isdir(os.path.join(workdir, 'checkpoints')) and any(
-      n.isdigit() for n in os.listdir(os.path.join(workdir, 'checkpoints')))
-  if has_ckpt:
-    params, model_state, where = checkpoint.read_params(workdir)
+  latest = checkpoint.find_step_dir(os.path.join(workdir, 'checkpoints'))
+  if latest:
+    params, model_state, where = checkpoint.read_params(latest)
     state = fresh.replace(step=jnp.asarray(int(os.path.basename(where))),
                           params=checkpoint.merge_by_name(fresh.params, params, '', where)[0],
                           model_state=checkpoint.merge_by_name(fresh.model_state, model_state, '', where)[0])
