@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 
-def _cfg(name, smoke, batch, seq, image, dtype):
+def _cfg(name, smoke, dtype):
   from ftjax import defaults
   c = defaults.base_config()
   c.optim.update(name='adamw', lr=1e-4, weight_decay=0.01)
@@ -109,7 +109,7 @@ def matmul_peak(n=2048, reps=10) -> float:
 def bench_model(name, args, peak):
   import jax
   rng = np.random.default_rng(0)
-  cfg = _cfg(name, args.smoke, args.batch, args.seq, args.image, args.dtype)
+  cfg = _cfg(name, args.smoke, args.dtype)
   batch = _batch(name, cfg, args.batch, args.seq, args.image, rng)
   jitted, state = ftjax_step(cfg)
   dev_batch = jax.device_put(batch)

@@ -45,14 +45,13 @@ class Preemption:
 
   def __init__(self):
     self.requested = None
+    self.peer = None     # multi-process: the signal any process saw, once agreed
     self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
     if self.requested:
       raise KeyboardInterrupt(f'second {signal.Signals(signum).name}: stopping without saving')
     self.requested = signal.Signals(signum).name
-
-  peer = None
 
   def agreed(self, sync: bool):
     """Multi-process: the first signal seen by any process, once they have compared notes (a

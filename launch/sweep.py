@@ -51,8 +51,8 @@ def name_of(overrides) -> str:
 
 
 def metrics(run_dir, key, mode):
-  rows = [json.loads(l) for l in open(os.path.join(run_dir, 'metrics.jsonl')) if l.strip()]
-  vals = [(r['step'], r[key]) for r in rows if key in r]
+  from ftjax.report import read_metrics
+  vals = [(r['step'], r[key]) for r in read_metrics(run_dir) if key in r]
   if not vals:
     return None, None, None
   best = (max if mode == 'max' else min)(vals, key=lambda sv: sv[1])
