@@ -3,11 +3,16 @@ as it stands, or from the MLM run with --config.init.source=DIR --config.input.t
   python -m ftjax.main --config=configs/text_finetune.py --workdir=runs/text_ft \\
       --config.init.source=runs/text_mlm --config.input.tokenizer=runs/text_mlm
 """
+import importlib.util
+import os
+
 from ftjax.defaults import base_config, eval_config
 
-ENCODER = dict(name='bert', vocab_size=4000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=512, max_position_embeddings=64, hidden_dropout_prob=0.1,
-               attention_probs_dropout_prob=0.1)
+# The pretraining run's architecture, so its weights load; dropout back on for fine-tuning.
+_spec = importlib.util.spec_from_file_location('text_mlm', os.path.join(os.path.dirname(__file__), 'text_mlm.py'))
+_mlm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_mlm)
+ENCODER = {**_mlm.ENCODER, 'hidden_dropout_prob': 0.1, 'attention_probs_dropout_prob': 0.1}
 
 
 def get_config(arg=None):

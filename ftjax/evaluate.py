@@ -15,7 +15,8 @@ from ftjax.errors import UserError
 
 
 def evaluate(config, workdir: str, only: str = '') -> dict:
-  from ftjax import checkpoint, optim, parallel, tasks, train
+  import optax
+  from ftjax import checkpoint, parallel, tasks, train
   mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
   names = [n for n in only.split(',') if n] or list(config.evals)
   missing = sorted(set(names) - set(config.evals))
@@ -28,9 +29,8 @@ def evaluate(config, workdir: str, only: str = '') -> dict:
         del config.evals[n]
   task = tasks.build(config.task)
   _, g_eval = train.graphdefs(config.model)
-  tx, _ = optim.build(config.optim, config.schedule, max(2, config.schedule.warmup_steps + 1))
-  fresh = train.initialize(train.make_init(config.model, tx, config.seed), None)
-  fresh = fresh.replace(opt_state=())
+  # No optimizer: only parameters and model state are evaluated.
+  fresh = train.initialize(train.make_init(config.model, optax.identity(), config.seed), None)
   latest = checkpoint.find_step_dir(os.path.join(workdir, 'checkpoints'))
   if latest:
     params, model_state, where = checkpoint.read_params(latest)
