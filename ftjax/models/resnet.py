@@ -36,6 +36,9 @@ class Conv(nnx.Module):
     if self.standardize:
       mean = w.mean(axis=(0, 1, 2), keepdims=True)
       w = (w - mean) * jax.lax.rsqrt(w.var(axis=(0, 1, 2), keepdims=True) + 1e-10)
+    if self.k == 1:   # a matmul: XLA:CPU wrapped 1x1 convs' gradients in layout transposes (-30% step time)
+      x = x[:, ::self.stride, ::self.stride] if self.stride > 1 else x
+      return jnp.einsum('bhwc,co->bhwo', x.astype(self.dtype), w[0, 0].astype(self.dtype))
     return jax.lax.conv_general_dilated(
         x.astype(self.dtype), w.astype(self.dtype), (self.stride, self.stride), _pad(self.k),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
