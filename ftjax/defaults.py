@@ -31,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
       pp_train='',            # preprocessing ops, e.g. 'random_crop(32, pad=4)|flip_lr|normalize'
       pp_eval='',
       num_threads=2,          # reader threads per process
-      prefetch=4,             # batches read ahead
+      prefetch=4,             # batches read ahead on the host
+      device_prefetch=2,      # batches copied to the devices ahead of the step (0 = none)
       # Text
       tokenizer='',           # model dir / tokenizer.json, or 'train:<vocab size>' (WordPiece on the train split)
       text_field='text',      # the field packed for MLM (input.pack)

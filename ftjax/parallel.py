@@ -1,4 +1,5 @@
 """Mesh from config and the shardings the trainer uses (jit + NamedSharding; no pmap)."""
+import collections
 import math
 
 import jax
@@ -54,6 +55,38 @@ def data_parallel_size(mesh) -> int:
 def global_batch(local_batch: dict, sharding) -> dict:
   """This process's slice of the batch -> one global jax.Array per key."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+class DevicePrefetch:
+  """Keeps `size` batches already on the devices ahead of the train step, so the host-to-device copy
+  of the next batches overlaps the current step instead of stalling it. get_state() is the input
+  iterator's state after the last batch handed out, not after the ones read ahead: a checkpoint
+  taken between steps resumes exactly at the next unseen batch."""
+
+  def __init__(self, it, sharding, size: int = 2):
+    self.it, self.sharding, self.size = it, sharding, max(int(size), 0)
+    self.queue = collections.deque()
+    self.state = it.get_state()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if not self.size:
+      batch = global_batch(next(self.it), self.sharding)
+      self.state = self.it.get_state()
+      return batch
+    try:
+      while len(self.queue) < self.size + 1:     # device_put is asynchronous: these copies run now
+        self.queue.append((global_batch(next(self.it), self.sharding), self.it.get_state()))
+    except StopIteration:
+      if not self.queue:
+        raise
+    batch, self.state = self.queue.popleft()
+    return batch
+
+  def get_state(self):
+    return self.state
 
 
 # ---- Parameter sharding: logical axes (per model family) -> mesh axes (one rules table) ----------

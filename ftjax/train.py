@@ -307,9 +307,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   PREEMPTED = None
   preempt = Preemption()
   last = {}
+  feed = parallel.DevicePrefetch(train_iter, data_sharding, config.input.device_prefetch)
   try:
     while step < total_steps:
-      batch = parallel.global_batch(next(train_iter), data_sharding)
+      batch = next(feed)
       with jax.set_mesh(mesh):      # the mesh that parallel.constrain pins activations to
         state, step_metrics = train_step(state, batch)
       step += 1
@@ -334,11 +335,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
           writer.log(f'  {name} @ {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items())
                      + f' ({time.perf_counter() - t:.1f}s)')
           last.update(res)
-          if ckpt.maybe_save_best(step, state, train_iter.get_state(), res):
+          if ckpt.maybe_save_best(step, state, feed.get_state(), res):
             writer.log(f'  new best {config.checkpoint.best_metric} = {ckpt.best_value:.4f}')
 
       if final or step % config.checkpoint.every == 0 or stop:
-        ckpt.save(step, state, train_iter.get_state())
+        ckpt.save(step, state, feed.get_state())
       if stop and not final:
         writer.log(f'{stop}: saved step {step} to {workdir}/checkpoints; rerun the same '
                    'command to resume')

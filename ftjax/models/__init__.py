@@ -1,4 +1,5 @@
 """Model registry: `config.model.name` is a module under ftjax.models that defines `build(cfg, rngs)`."""
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -12,6 +13,26 @@ def dtype(name: str):
   if name not in DTYPES:
     raise UserError(f'model.dtype={name!r}; choose one of {", ".join(DTYPES)}')
   return DTYPES[name]
+
+
+# model.remat: what each block (BERT layer, ResNet block) keeps for the backward pass; the rest is
+# recomputed. Trades compute for activation memory: bigger batches or longer sequences per device.
+REMAT = {'': None, 'none': None,
+         'full': jax.checkpoint_policies.nothing_saveable,                     # keep only the block input
+         'dots': jax.checkpoint_policies.dots_saveable,                        # keep matmul outputs
+         'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_policy(name: str):
+  if name not in REMAT:
+    raise UserError(f'model.remat={name!r}; choose one of {", ".join(repr(k) for k in REMAT)}')
+  return REMAT[name]
+
+
+def remat(fn, name: str):
+  """`fn` (a function of modules and arrays) rematerialised under the named policy; '' = as is."""
+  policy = remat_policy(name)
+  return fn if policy is None else nnx.remat(fn, policy=policy)
 
 
 def get_module(name: str):

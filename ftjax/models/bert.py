@@ -2,8 +2,9 @@
 
 Module paths mirror transformers' (`bert.encoder.layer.3.attention.self.query`, `cls.predictions...`),
 so HF checkpoints convert by renaming leaves alone (ftjax/hf.py). Attention is
-`jax.nn.dot_product_attention` with the padding mask; with attention dropout active in training it
-falls back to an explicit softmax (dot_product_attention has no dropout).
+`jax.nn.dot_product_attention` with the padding mask (model.attention: cuDNN's fused kernel on GPU in
+half precision, else XLA's); with attention dropout active in training it is an explicit softmax
+(dot_product_attention has no dropout). model.remat rematerialises each layer (models.REMAT).
 """
 import dataclasses
 import re
@@ -60,9 +61,19 @@ class BertOutput:
 class _Ctx:
   """What every sub-module needs: config, compute dtype, initialisers."""
 
-  def __init__(self, cfg: BertConfig, dtype):
-    self.cfg, self.dtype = cfg, dtype
+  def __init__(self, cfg: BertConfig, dtype, attention='auto', remat=''):
+    if attention not in ('auto', 'xla', 'cudnn'):
+      raise UserError(f"bert attention={attention!r}; choose auto, xla or cudnn")
+    models.remat_policy(remat)      # validates the name
+    self.cfg, self.dtype, self.remat = cfg, dtype, remat
     self.init = nnx.initializers.normal(cfg.initializer_range)
+    # cuDNN's fused (flash) attention: GPU, half precision, no attention dropout (it has none).
+    cudnn_ok = jax.default_backend() == 'gpu' and dtype in (jnp.bfloat16, jnp.float16)
+    if attention == 'cudnn' and not cudnn_ok:
+      raise UserError('bert attention=cudnn needs a GPU and model.dtype bfloat16 or float16')
+    if attention == 'cudnn' and cfg.attention_probs_dropout_prob:
+      raise UserError('bert attention=cudnn has no attention dropout: set attention_probs_dropout_prob=0')
+    self.attention = 'cudnn' if attention == 'cudnn' or (attention == 'auto' and cudnn_ok) else 'xla'
 
   def dense(self, din, dout, rngs):
     return nnx.Linear(din, dout, dtype=self.dtype, kernel_init=self.init, rngs=rngs)
@@ -93,6 +104,7 @@ class BertSelfAttention(nnx.Module):
   def __init__(self, c: _Ctx, rngs):
     h = c.cfg.hidden_size
     self.num_heads, self.head_dim = c.cfg.num_attention_heads, h // c.cfg.num_attention_heads
+    self.implementation = c.attention
     self.query, self.key, self.value = (c.dense(h, h, rngs) for _ in range(3))
     self.dropout = nnx.Dropout(c.cfg.attention_probs_dropout_prob)
 
@@ -101,7 +113,7 @@ class BertSelfAttention(nnx.Module):
     q, k, v = (parallel.constrain(f(x).reshape(b, t, self.num_heads, self.head_dim), ('batch', None, 'heads', None))
                for f in (self.query, self.key, self.value))
     if self.dropout.deterministic or self.dropout.rate == 0:
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
     else:
       logits = jnp.einsum('bqnh,bknh->bnqk', q, k).astype(jnp.float32) / jnp.sqrt(self.head_dim)
       probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1).astype(v.dtype)
@@ -151,10 +163,12 @@ class BertLayer(nnx.Module):
 class BertEncoder(nnx.Module):
   def __init__(self, c: _Ctx, rngs):
     self.layer = nnx.List([BertLayer(c, rngs) for _ in range(c.cfg.num_hidden_layers)])
+    self.remat = c.remat
 
   def __call__(self, x, mask, rngs=None):
+    call = models.remat(lambda layer, x, mask, rngs: layer(x, mask, rngs), self.remat)
     for layer in self.layer:
-      x = parallel.constrain(layer(x, mask, rngs), ('batch', None, None))
+      x = parallel.constrain(call(layer, x, mask, rngs), ('batch', None, None))
     return x
 
 
@@ -169,8 +183,9 @@ class BertPooler(nnx.Module):
 class BertModel(nnx.Module):
   """The encoder: (input_ids, attention_mask, token_type_ids) -> BertOutput."""
 
-  def __init__(self, cfg: BertConfig, *, add_pooling_layer=True, dtype=jnp.float32, rngs: nnx.Rngs):
-    c = _Ctx(cfg, dtype)
+  def __init__(self, cfg: BertConfig, *, add_pooling_layer=True, dtype=jnp.float32, attention='auto', remat='',
+               rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype, attention, remat)
     self.config = cfg
     self.embeddings = BertEmbeddings(c, rngs)
     self.encoder = BertEncoder(c, rngs)
@@ -236,9 +251,9 @@ class BertForPreTraining(_EmbedMixin, nnx.Module):
   """MLM (+ NSP when nsp=True). `masked_positions` [B, P] limits the vocabulary projection to those
   positions, which is most of the MLM head's cost."""
 
-  def __init__(self, cfg: BertConfig, *, nsp=False, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, nsp=False, dtype=jnp.float32, rngs: nnx.Rngs, **encoder):
     c = _Ctx(cfg, dtype)
-    self.bert = BertModel(cfg, add_pooling_layer=nsp, dtype=dtype, rngs=rngs)
+    self.bert = BertModel(cfg, add_pooling_layer=nsp, dtype=dtype, rngs=rngs, **encoder)
     self.cls = _Heads(c, mlm=True, nsp=nsp, rngs=rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None, rngs=None):
@@ -256,12 +271,12 @@ class BertForSequenceClassification(_EmbedMixin, nnx.Module):
   mean of the last hidden states instead (no pooler): the better start from an MLM-only encoder,
   whose [CLS] position nothing trained; transformers' class has no such option."""
 
-  def __init__(self, cfg: BertConfig, *, num_labels=2, pooling='cls', dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, num_labels=2, pooling='cls', dtype=jnp.float32, rngs: nnx.Rngs, **encoder):
     if pooling not in ('cls', 'mean'):
       raise UserError(f"bert pooling={pooling!r}; choose 'cls' (transformers' pooler) or 'mean'")
     c = _Ctx(cfg, dtype)
     self.pooling = pooling
-    self.bert = BertModel(cfg, add_pooling_layer=pooling == 'cls', dtype=dtype, rngs=rngs)
+    self.bert = BertModel(cfg, add_pooling_layer=pooling == 'cls', dtype=dtype, rngs=rngs, **encoder)
     p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
     self.dropout = nnx.Dropout(p)
     self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
@@ -275,9 +290,9 @@ class BertForSequenceClassification(_EmbedMixin, nnx.Module):
 
 
 class BertForTokenClassification(_EmbedMixin, nnx.Module):
-  def __init__(self, cfg: BertConfig, *, num_labels=2, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, num_labels=2, dtype=jnp.float32, rngs: nnx.Rngs, **encoder):
     c = _Ctx(cfg, dtype)
-    self.bert = BertModel(cfg, add_pooling_layer=False, dtype=dtype, rngs=rngs)
+    self.bert = BertModel(cfg, add_pooling_layer=False, dtype=dtype, rngs=rngs, **encoder)
     p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
     self.dropout = nnx.Dropout(p)
     self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
@@ -290,9 +305,9 @@ class BertForTokenClassification(_EmbedMixin, nnx.Module):
 class BertForQuestionAnswering(_EmbedMixin, nnx.Module):
   """Span QA: per-token start and end logits."""
 
-  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs, **encoder):
     c = _Ctx(cfg, dtype)
-    self.bert = BertModel(cfg, add_pooling_layer=False, dtype=dtype, rngs=rngs)
+    self.bert = BertModel(cfg, add_pooling_layer=False, dtype=dtype, rngs=rngs, **encoder)
     self.qa_outputs = c.dense(cfg.hidden_size, 2, rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
@@ -307,11 +322,13 @@ HEADS = {'none': BertModel, 'mlm': BertForPreTraining, 'pretraining': BertForPre
 
 
 def _split_cfg(cfg: dict):
-  """Model cfg -> (head, dtype name, num_labels, pooling, BertConfig): `config` (a transformers config.json or
-  model directory, or '') gives the base, the remaining keys override BertConfig fields."""
+  """Model cfg -> (head, dtype name, num_labels, pooling, encoder options, BertConfig): `config` (a
+  transformers config.json or model directory, or '') gives the base, the remaining keys override
+  BertConfig fields. Encoder options: attention (auto|xla|cudnn), remat (models.REMAT)."""
   cfg = dict(cfg)
   head, dtype, num_labels = cfg.pop('head', 'none'), cfg.pop('dtype', 'float32'), cfg.pop('num_labels', 2)
   pooling = cfg.pop('pooling', 'cls')
+  encoder = {k: cfg.pop(k) for k in ('attention', 'remat') if k in cfg}
   if pooling != 'cls' and head != 'classification':
     raise UserError(f'bert pooling={pooling!r} applies to head=classification only')
   base: dict[str, Any] = {}
@@ -324,7 +341,7 @@ def _split_cfg(cfg: dict):
     raise UserError(f'model config for bert: unknown keys {sorted(unknown)}')
   if head not in HEADS:
     raise UserError(f'bert head={head!r}; choose one of {", ".join(HEADS)}')
-  return head, dtype, num_labels, pooling, BertConfig.from_dict({**base, **cfg})
+  return head, dtype, num_labels, pooling, encoder, BertConfig.from_dict({**base, **cfg})
 
 
 def vocab_size(cfg: dict) -> int:
@@ -333,9 +350,9 @@ def vocab_size(cfg: dict) -> int:
 
 def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
   """cfg: head (none|mlm|pretraining|classification|token_classification|qa), num_labels, pooling
-  (classification: cls|mean), dtype, `config` and BertConfig overrides (see _split_cfg)."""
-  head, dtype, num_labels, pooling, bcfg = _split_cfg(cfg)
-  kw = dict(dtype=models.dtype(dtype), rngs=rngs)
+  (classification: cls|mean), dtype, attention, remat, `config` and BertConfig overrides (see _split_cfg)."""
+  head, dtype, num_labels, pooling, encoder, bcfg = _split_cfg(cfg)
+  kw = dict(dtype=models.dtype(dtype), rngs=rngs, **encoder)
   if head in ('classification', 'token_classification'):
     kw['num_labels'] = num_labels
   if head == 'classification':

@@ -135,12 +135,13 @@ class Projector(nnx.Module):
 
 class ResNet(nnx.Module):
   """Stem -> 4 stages -> global average pool (`embed`) -> `head` (a named Linear, swappable).
-  `projection` (hidden..., out) adds a `projector` MLP for contrastive pretraining (`project`)."""
+  `projection` (hidden..., out) adds a `projector` MLP for contrastive pretraining (`project`).
+  `remat` rematerialises each block in the backward pass (models.REMAT)."""
 
   def __init__(self, depth: int = 50, *, num_classes: int = 1000, width: float = 1.0, version: str = 'v1.5',
                stem: str = 'imagenet', in_channels: int = 3, zero_init_residual: bool = True,
-               stages: Sequence[int] | None = None, projection: Sequence[int] = (), dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               stages: Sequence[int] | None = None, projection: Sequence[int] = (), remat: str = '',
+               dtype=jnp.float32, rngs: nnx.Rngs):
     if version not in ('v1.5', 'v2'):
       raise UserError(f'resnet version={version!r}; choose v1.5 (BatchNorm) or v2 (BiT: GroupNorm + WS)')
     if stem not in ('imagenet', 'small'):
@@ -151,7 +152,8 @@ class ResNet(nnx.Module):
     v2 = version == 'v2'
     block = PreActBottleneck if v2 else (BasicBlock if depth < 50 and not v2 else Bottleneck)
     c0 = max(8, int(round(64 * width)))
-    self.v2, self.small_stem, self.dtype = v2, stem == 'small', dtype
+    models.remat_policy(remat)      # validates the name
+    self.v2, self.small_stem, self.dtype, self.remat = v2, stem == 'small', dtype, remat
     k, s = (3, 1) if self.small_stem else (7, 2)
     self.stem_conv = Conv(in_channels, c0, k, s, standardize=v2, dtype=dtype, rngs=rngs)
     self.stem_norm = None if v2 else _bn(c0, dtype, rngs)
@@ -177,9 +179,10 @@ class ResNet(nnx.Module):
       x = nnx.relu(self.stem_norm(x))
     if not self.small_stem:
       x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    call = models.remat(lambda blk, x: blk(x), self.remat)
     for stage in self.stages:
       for blk in stage:
-        x = parallel.constrain(blk(x), ('batch', None, None, None))
+        x = parallel.constrain(call(blk, x), ('batch', None, None, None))
     if self.final_norm is not None:
       x = nnx.relu(self.final_norm(x))
     return x.mean(axis=(1, 2)).astype(jnp.float32)
