@@ -1,6 +1,7 @@
 """Train-step speed against the PyTorch implementation a user would otherwise run, in one invocation:
 
   python -m ftjax.bench [--models=bert_base_mlm,resnet50] [--steps=10] [--json=FILE] [--smoke]
+  launch/gpu_bench.sh     (the same on a GPU: bf16, larger batches, MFU against the vendor peak)
 
 Per model: ftjax's jitted train step (AdamW, donated state) and transformers' PyTorch model with
 torch.optim.AdamW, timed alternately (median of --steps after warm-up), examples/s and tokens/s,
@@ -17,18 +18,18 @@ import time
 import numpy as np
 
 
-def _cfg(name, smoke, dtype):
+def _cfg(name, smoke, dtype, dropout=0.1, remat=''):
   from ftjax import defaults
   c = defaults.base_config()
   c.optim.update(name='adamw', lr=1e-4, weight_decay=0.01)
   c.schedule.update(name='constant')
-  c.model.dtype = dtype
+  c.model.update(dtype=dtype, remat=remat)
   if name == 'bert_base_mlm':
     dims = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, max_position_embeddings=512)
     if smoke:
       dims.update(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-    c.model.update(name='bert', head='mlm', **dims)
+    c.model.update(name='bert', head='mlm', hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **dims)
     c.task.name = 'mlm'
   elif name == 'resnet50':
     c.model.update(name='resnet', depth=50, num_classes=1000, width=0.125 if smoke else 1.0)
@@ -62,14 +63,19 @@ def ftjax_step(cfg):
 
 
 def torch_step(name, cfg, batch):
+  """transformers' model with torch.optim.AdamW on the GPU if torch sees one (bf16 autocast when
+  model.dtype is bfloat16, SDPA attention), else on the CPU in fp32."""
+  import contextlib
   import torch
   import transformers
   torch.manual_seed(0)
+  dev = 'cuda' if torch.cuda.is_available() else 'cpu'
   if name == 'bert_base_mlm':
     m = cfg.model
     model = transformers.BertForMaskedLM(transformers.BertConfig(
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-        num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size))
+        num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
+        hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob))
     labels = np.full(batch['input_ids'].shape, -100, np.int64)
     np.put_along_axis(labels, batch['masked_positions'], batch['masked_ids'], 1)
     inputs = {k: torch.from_numpy(batch[k].astype(np.int64)) for k in ('input_ids', 'attention_mask', 'token_type_ids')}
@@ -81,15 +87,19 @@ def torch_step(name, cfg, batch):
     model = transformers.ResNetForImageClassification(rc)
     inputs = {'pixel_values': torch.from_numpy(batch['image'].transpose(0, 3, 1, 2).copy()),
               'labels': torch.from_numpy(batch['label'].astype(np.int64))}
-  model.train()
+  model.to(dev).train()
+  inputs = {k: v.to(dev) for k, v in inputs.items()}
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  half = cfg.model.dtype == 'bfloat16' and dev == 'cuda'
+  autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if half else contextlib.nullcontext
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = model(**inputs).loss
+    with autocast():
+      loss = model(**inputs).loss
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    return float(loss.detach())     # waits for the device
   return step
 
 
@@ -109,7 +119,7 @@ def matmul_peak(n=2048, reps=10) -> float:
 def bench_model(name, args, peak):
   import jax
   rng = np.random.default_rng(0)
-  cfg = _cfg(name, args.smoke, args.dtype)
+  cfg = _cfg(name, args.smoke, args.dtype, args.dropout, args.remat)
   batch = _batch(name, cfg, args.batch, args.seq, args.image, rng)
   jitted, state = ftjax_step(cfg)
   dev_batch = jax.device_put(batch)
@@ -144,7 +154,8 @@ def bench_model(name, args, peak):
          'ratio': med / tmed if tmed else None, 'examples_per_s': args.batch / med,
          'tokens_per_s': tokens / med if name == 'bert_base_mlm' else None, 'compile_s': compile_s,
          'flops_per_step': flops, 'achieved_tflops': flops / med / 1e12, 'mfu': flops / med / peak if peak else None,
-         'temp_bytes': getattr(mem, 'temp_size_in_bytes', None), 'argument_bytes': getattr(mem, 'argument_size_in_bytes', None)}
+         'temp_bytes': getattr(mem, 'temp_size_in_bytes', None), 'argument_bytes': getattr(mem, 'argument_size_in_bytes', None),
+         'peak_bytes': (jax.devices()[0].memory_stats() or {}).get('peak_bytes_in_use')}
   return row
 
 
@@ -188,7 +199,9 @@ def main(argv=None):
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--seq', type=int, default=128)
   p.add_argument('--image', type=int, default=224)
-  p.add_argument('--dtype', default='float32')
+  p.add_argument('--dtype', default='float32', help='compute dtype (bfloat16: fp32 master weights, both frameworks)')
+  p.add_argument('--dropout', type=float, default=0.1, help="BERT's dropout in both frameworks (0: fused attention)")
+  p.add_argument('--remat', default='', help='ftjax model.remat policy (models.REMAT)')
   p.add_argument('--steps', type=int, default=10)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--peak_tflops', type=float, default=0.0, help='accelerator peak; 0 on CPU = measured matmul peak')
