@@ -127,3 +127,19 @@ def test_device_prefetch_keeps_order_and_the_consumed_state(size):
     assert src.i == min(6, k + size)
   with pytest.raises(StopIteration):
     next(feed)
+
+
+def test_bert_dropout_from_16_bit_draws_is_an_unbiased_independent_mask():
+  from ftjax.models.bert import Dropout
+  drop = Dropout(0.1)
+  x = jnp.ones((64, 96, 128))
+  y1, y2 = (np.asarray(drop(x, rngs=nnx.Rngs(dropout=jax.random.key(k)))) for k in (0, 1))
+  kept = y1 > 0
+  assert abs(kept.mean() - 0.9) < 0.003                       # 786k draws: sd 3.4e-4
+  assert abs(y1.mean() - 1.0) < 0.004                          # scale makes the expectation exact
+  # the two 16-bit halves of one 32-bit draw land side by side: they must not be correlated
+  both = (kept[..., 0::2] & kept[..., 1::2]).mean()
+  assert abs(both - 0.81) < 0.004
+  assert 0.15 < (kept != (y2 > 0)).mean() < 0.21              # other key, other mask (2 * 0.9 * 0.1)
+  np.testing.assert_array_equal(drop(x, rngs=nnx.Rngs(dropout=jax.random.key(0))), y1)   # reproducible
+  assert np.array_equal(drop(x, deterministic=True), x)
