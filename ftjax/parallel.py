@@ -72,10 +72,6 @@ class DevicePrefetch:
     return self
 
   def __next__(self) -> dict:
-    if not self.size:
-      batch = global_batch(next(self.it), self.sharding)
-      self.state = self.it.get_state()
-      return batch
     try:
       while len(self.queue) < self.size + 1:     # device_put is asynchronous: these copies run now
         self.queue.append((global_batch(next(self.it), self.sharding), self.it.get_state()))

@@ -26,11 +26,16 @@ def _batch(family):
           'label': rng.integers(0, 3, 16).astype(np.int32)}
 
 
-def _step(family, **model):
+def _config(family, **model):
   cfg = defaults.base_config()
   cfg.model.update({**(BERT if family == 'bert' else RESNET), **model})
   if family == 'bert':
     cfg.task.inputs = ('input_ids', 'attention_mask', 'token_type_ids')
+  return cfg
+
+
+def _step(family, **model):
+  cfg = _config(family, **model)
   cfg.optim.update(name='adamw', lr=1e-3)
   cfg.schedule.name = 'constant'
   tx, sched = optim.build(cfg.optim, cfg.schedule, 10)
@@ -41,10 +46,7 @@ def _step(family, **model):
 
 def _saved_for_backward(family, **model):
   """Bytes the forward pass keeps for the backward pass: the arrays held by jax.vjp's closure."""
-  cfg = defaults.base_config()
-  cfg.model.update({**(BERT if family == 'bert' else RESNET), **model})
-  if family == 'bert':
-    cfg.task.inputs = ('input_ids', 'attention_mask', 'token_type_ids')
+  cfg = _config(family, **model)
   graphdef, params, rest = nnx.split(models.build(cfg.model, nnx.Rngs(0)), nnx.Param, ...)
   task, batch = tasks.build(cfg.task), _batch(family)
   _, vjp = jax.vjp(lambda p, r: task.loss(nnx.merge(graphdef, p, r), batch, jax.random.key(0))[0], params, rest)
