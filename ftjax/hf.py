@@ -8,13 +8,14 @@ optional on both sides, so a base checkpoint loads into a model with a head and 
 """
 import json
 import os
+import re
 
 import jax
 import numpy as np
 from flax import nnx
 
 from ftjax import trees
-from ftjax.errors import UserError
+from ftjax.errors import UserError, brief, read_text
 
 # transformers model_type -> ftjax model name (a module under ftjax.models with hf_name / hf_config).
 MODEL_TYPES = {'bert': 'bert', 'resnet': 'resnet'}
@@ -48,15 +49,38 @@ def _config_path(path):
   return os.path.join(path, 'config.json') if os.path.isdir(path) else path
 
 
+def config_file(path) -> str:
+  """The config.json that read_config(path) reads (for messages)."""
+  return _config_path(resolve(path))
+
+
+def read_json(p: str, expected: str) -> dict:
+  """A JSON object from file p; any way it is unreadable is one UserError line naming p and `expected`."""
+  text = read_text(p, expected)
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{p}: not valid JSON ({e.msg}: line {e.lineno} column {e.colno}); expected {expected}') from None
+  except RecursionError:
+    raise UserError(f'{p}: JSON nested too deeply to read; expected {expected}') from None
+  if not isinstance(obj, dict):
+    raise UserError(f'{p}: the top level is a JSON {_json_type(obj)}, not an object; expected {expected}')
+  return obj
+
+
+def _json_type(v) -> str:
+  return {list: 'array', str: 'string', bool: 'boolean', type(None): 'null', dict: 'object'}.get(
+      type(v), 'number' if isinstance(v, (int, float)) else type(v).__name__)
+
+
 def read_config(path: str, expect: str | None = None) -> dict:
   """config.json as a dict; `expect` checks its model_type (BERT configs may omit it)."""
-  p = _config_path(resolve(path))
-  try:
-    with open(p) as f:
-      cfg = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f'cannot read a transformers config at {p}: {e}') from None
+  p = config_file(path)
+  cfg = read_json(p, 'a transformers config.json (a JSON object with model_type, hidden_size, ...)')
   mt = cfg.setdefault('model_type', 'bert')
+  if not isinstance(mt, str):
+    raise UserError(f'{p}: model_type is a JSON {_json_type(mt)} ({mt!r}), expected a string: one of '
+                    f'{", ".join(MODEL_TYPES)}')
   if mt not in MODEL_TYPES:
     raise UserError(f'{p}: model_type={mt!r} is not supported; ftjax converts {", ".join(MODEL_TYPES)}')
   if expect and mt != expect:
@@ -70,17 +94,68 @@ def family(model_type: str):
 
 
 def load_state_dict(path: str) -> dict:
-  """{name: numpy array} from a transformers directory, safetensors first."""
+  """{name: numpy array} from a transformers directory, safetensors first. A damaged or empty file,
+  or one holding anything but a flat {name: tensor} dict, is a UserError naming the file."""
   path = resolve(path)
   st, pt = os.path.join(path, 'model.safetensors'), os.path.join(path, 'pytorch_model.bin')
   if os.path.exists(st):
-    from safetensors.numpy import load_file
-    return dict(load_file(st))
+    return _read_safetensors(st)
   if os.path.exists(pt):
-    import torch
-    sd = torch.load(pt, map_location='cpu', weights_only=True)   # never unpickle arbitrary objects
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    return _read_torch_bin(pt)
   raise UserError(f'{path}: no model.safetensors or pytorch_model.bin')
+
+
+def _check_size(p: str, expected: str):
+  try:
+    size = os.path.getsize(p)
+  except OSError as e:
+    raise UserError(f'{p}: cannot read it ({e.strerror or brief(e)}); expected {expected}') from None
+  if os.path.isdir(p):
+    raise UserError(f'{p}: is a directory; expected {expected}')
+  if size == 0:
+    raise UserError(f'{p}: the file is empty (0 bytes); expected {expected}')
+
+
+def _read_safetensors(st: str) -> dict:
+  from safetensors.numpy import load_file
+  expected = 'the model.safetensors that transformers writes (re-download or re-export it)'
+  _check_size(st, expected)
+  try:
+    return dict(load_file(st))
+  except Exception as e:    # SafetensorError for a bad header or length, OSError, dtype errors: all the file
+    raise UserError(f'{st}: not a readable safetensors file ({brief(e)}); expected {expected}') from None
+
+
+def _read_torch_bin(pt: str) -> dict:
+  import pickle
+  import torch
+  expected = 'the pytorch_model.bin that torch.save(model.state_dict()) writes (re-download it, or use model.safetensors)'
+  _check_size(pt, expected)
+  try:
+    sd = torch.load(pt, map_location='cpu', weights_only=True)   # never unpickle arbitrary objects
+  except Exception as e:    # RuntimeError (zip), EOFError, KeyError, struct.error, UnpicklingError: all the file
+    msg = str(e)
+    refused = re.search(r'Unsupported global: GLOBAL (\S+)', msg)
+    if isinstance(e, pickle.UnpicklingError) and refused:
+      raise UserError(f'{pt}: it pickles a {refused.group(1)} object, which torch.load(weights_only=True) refuses '
+                      'and ftjax never unpickles; expected a plain state dict of tensors (or model.safetensors)') from None
+    unpickler = re.search(r'WeightsUnpickler error:\s*([^\n]+)', msg)      # torch's long wrapper around it
+    why = unpickler.group(1).strip() if unpickler else brief(e) if msg.strip() else (
+        'unexpected end of file' if isinstance(e, EOFError) else 'no detail')
+    raise UserError(f'{pt}: not a readable PyTorch checkpoint ({type(e).__name__}: {why}); expected {expected}') from None
+  if not isinstance(sd, dict):
+    raise UserError(f'{pt}: holds a {type(sd).__name__}, not a dict; expected a state dict {{name: tensor}}')
+  out = {}
+  for k, v in sd.items():
+    if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+      raise UserError(f'{pt}: entry {k!r} holds a Python {type(v).__name__}, not a tensor; expected a flat state dict '
+                      '{name: tensor} (not a training checkpoint with optimizer state)')
+    try:
+      t = v.detach().cpu()
+      out[k] = t.float().numpy() if t.is_floating_point() else t.numpy()
+    except Exception as e:   # sparse, quantised, meta tensors
+      raise UserError(f'{pt}: tensor {k!r} cannot be converted to an array ({brief(e)}); expected dense tensors') from None
+  return out
 
 
 def _flat(tree):
@@ -103,7 +178,6 @@ def convert_from_hf(state_dict: dict, params: dict, model_state: dict | None = N
   transformers state dict. Names matching the regex `reinit` keep their fresh values, whatever their
   shape in the checkpoint (head surgery); it is matched against transformers' and ftjax's names. Returns (params, model_state, report) with report =
   {'loaded', 'initialised', 'ignored'}: lists of transformers names."""
-  import re
   fam = family(model_type)
   prefix = fam.HF_PREFIX
   sd = {_strip(k, prefix): v for k, v in state_dict.items()}
@@ -117,7 +191,8 @@ def convert_from_hf(state_dict: dict, params: dict, model_state: dict | None = N
         initialised.append(name)
         new[path] = value
         continue
-      w = LAYOUTS[layout][0](np.asarray(sd[key]))
+      raw = np.asarray(sd[key])
+      w = LAYOUTS[layout][0](raw) if raw.ndim == value.ndim else raw    # a wrong rank is a shape error below
       if w.shape != value.shape:
         raise UserError(f'{source}: parameter {key} has shape {tuple(w.shape)} in the checkpoint but '
                         f'{tuple(value.shape)} in the model (wrong architecture or config? To train a new head '
@@ -151,16 +226,18 @@ def convert_to_hf(params: dict, model_state: dict | None = None, *, model_type='
 
 
 def from_pretrained(path: str, seed: int = 0, verbose: bool = True, reinit: str = '', **model_kwargs):
-  """A transformers directory -> (ftjax model, report). `model_kwargs` go to the family's build
+  """A transformers directory -> (ftjax model in eval mode, report). `model_kwargs` go to the family's build
   (e.g. head='classification', num_labels=3 for BERT; num_classes=10 for ResNet); parts absent from
   the checkpoint are freshly initialised and listed in report['initialised']."""
   from ftjax import models
   model_type = read_config(path)['model_type']
+  state_dict = load_state_dict(path)          # a damaged weights file fails before the model is built
   model = models.build(dict(name=MODEL_TYPES[model_type], config=path, **model_kwargs), nnx.Rngs(seed))
   _, params, rest = nnx.split(model, nnx.Param, ...)
-  p, s, report = convert_from_hf(load_state_dict(path), nnx.to_pure_dict(params), nnx.to_pure_dict(rest),
+  p, s, report = convert_from_hf(state_dict, nnx.to_pure_dict(params), nnx.to_pure_dict(rest),
                                  source=path, model_type=model_type, reinit=reinit)
   nnx.update(model, p, s)
+  model.eval()        # as transformers' from_pretrained: dropout off, BatchNorm statistics used; model.train() to train
   if verbose:
     print(describe(report, path), flush=True)
   return model, report

@@ -4,39 +4,55 @@ Tokenizers are HF `tokenizers` (fast WordPiece), loaded from a model directory's
 vocab.txt. `python -m ftjax.data.text --corpus=ftjax_pydoc --vocab_size=8000 --out=DIR` trains one.
 """
 import functools
-import json
 import os
 
 import numpy as np
 
-from ftjax.errors import UserError
+from ftjax.errors import UserError, brief, read_text
 
 SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(path: str):
-  """A `tokenizers.Tokenizer` from tokenizer.json (file or in a directory) or a directory's vocab.txt."""
+  """A `tokenizers.Tokenizer` from tokenizer.json (file or in a directory) or a directory's vocab.txt.
+  An unreadable, empty, non-UTF-8 or malformed file is a UserError naming it."""
   import tokenizers
   from ftjax.hf import resolve
   path = resolve(path)
   tj = os.path.join(path, 'tokenizer.json') if os.path.isdir(path) else path
   vocab = os.path.join(path, 'vocab.txt') if os.path.isdir(path) else None
   if tj.endswith('.json') and os.path.exists(tj):
-    tok = tokenizers.Tokenizer.from_file(tj)
+    src = tj
+    expected = 'the tokenizer.json that `tokenizers` / transformers write'
+    text = read_text(tj, expected)
+    try:
+      tok = tokenizers.Tokenizer.from_str(text)
+    except Exception as e:       # tokenizers raises a bare Exception for bad JSON and missing fields alike
+      raise UserError(f'{tj}: not a readable tokenizer ({brief(e)}); expected {expected}') from None
   elif vocab and os.path.exists(vocab):
+    src = vocab
+    expected = 'a WordPiece vocab.txt: one token per line, [PAD] [UNK] [CLS] [SEP] [MASK] among them'
+    read_text(vocab, expected)      # empty or not UTF-8: said here, not by tokenizers
     lower = True
     cfg = os.path.join(path, 'tokenizer_config.json')
     if os.path.exists(cfg):
-      lower = json.load(open(cfg)).get('do_lower_case', True)
-    tok = tokenizers.BertWordPieceTokenizer(vocab, lowercase=lower)._tokenizer
+      from ftjax.hf import read_json
+      lower = read_json(cfg, 'a tokenizer_config.json (a JSON object)').get('do_lower_case', True)
+      if not isinstance(lower, bool):
+        raise UserError(f'{cfg}: do_lower_case={lower!r}; expected true or false')
+    try:
+      tok = tokenizers.BertWordPieceTokenizer(vocab, lowercase=lower)._tokenizer
+    except Exception as e:
+      raise UserError(f'{vocab}: not a readable vocabulary ({brief(e)}); expected {expected}') from None
   else:
     raise UserError(f'no tokenizer at {path!r}: expected tokenizer.json or vocab.txt')
   tok.no_padding()
   tok.no_truncation()
   for s in SPECIALS:
     if tok.token_to_id(s) is None:
-      raise UserError(f'tokenizer {path!r} has no {s} token; ftjax needs BERT-style special tokens')
+      raise UserError(f'{src}: the tokenizer has no {s} token; expected BERT-style special tokens '
+                      f'({" ".join(SPECIALS)})')
   return tok
 
 

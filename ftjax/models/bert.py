@@ -7,6 +7,7 @@ half precision, else XLA's); with attention dropout active in training it is an 
 (dot_product_attention has no dropout). model.remat rematerialises each layer (models.REMAT).
 """
 import dataclasses
+import numbers
 import re
 from typing import Any
 
@@ -30,6 +31,8 @@ class Dropout(nnx.Dropout):
 
   def __call__(self, inputs, *, deterministic=None, rngs=None):
     det = self.deterministic if deterministic is None else deterministic
+    if not det and 0 < self.rate < 1 and rngs is None and self.rngs is None:   # a sub-module called alone
+      raise UserError(_no_rngs('this BERT Dropout layer', self.rate))
     if (det or self.rate in (0.0, 1.0) or self.broadcast_dims or not isinstance(rngs, nnx.Rngs)
         or inputs.shape[-1] % 2):
       return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
@@ -37,6 +40,32 @@ class Dropout(nnx.Dropout):
     u16 = jnp.stack([bits & 0xFFFF, bits >> 16], axis=-1).reshape(inputs.shape)
     threshold = round((1.0 - self.rate) * 65536)
     return jnp.where(u16 < threshold, inputs * (65536 / threshold), jnp.zeros_like(inputs))
+
+
+def _no_rngs(what: str, rate: float) -> str:
+  return (f'{what} is in training mode (dropout {rate:g}) and was called without rngs; call model.eval() '
+          'for inference, or pass rngs=nnx.Rngs(dropout=<seed>) to train')
+
+
+def check_rngs(model: nnx.Module, rngs):
+  """A model in training mode with active dropout needs dropout keys. Python only: under jit it runs
+  once, at trace time (`deterministic` and `rate` are static), and not at all when rngs are given."""
+  if rngs is not None:
+    return
+  rates = [m.rate for m in _dropouts(model) if not m.deterministic and 0 < m.rate < 1 and m.rngs is None]
+  if rates:
+    raise UserError(_no_rngs(type(model).__name__, max(rates)))
+
+
+def _dropouts(model):
+  """Every Dropout of a BERT model or head, by attribute (microseconds; nnx.iter_graph takes ~15 ms
+  on BERT-base, which an eager call would pay each time)."""
+  base = model.bert if hasattr(model, 'bert') else model
+  yield base.embeddings.dropout
+  for layer in base.encoder.layer:
+    yield from (layer.attention.self.dropout, layer.attention.output.dropout, layer.output.dropout)
+  if isinstance(getattr(model, 'dropout', None), nnx.Dropout):
+    yield model.dropout
 
 
 @dataclasses.dataclass
@@ -58,14 +87,47 @@ class BertConfig:
   classifier_dropout: float | None = None
 
   @classmethod
-  def from_dict(cls, d: dict) -> 'BertConfig':
+  def from_dict(cls, d: dict, where: str = 'model config for bert', required: tuple = ()) -> 'BertConfig':
+    """Known fields of `d` (a config.json's dict, or model-config overrides), each checked for its type
+    and range; `where` names the source in errors, `required` lists fields it must hold."""
     names = {f.name for f in dataclasses.fields(cls)}
+    for k in required:
+      if k not in d:
+        raise UserError(f'{where}: {k} is missing; expected {_FIELD_CHECKS[k][2]}')
+    for k, v in d.items():
+      if k in _FIELD_CHECKS:
+        types, ok, expected = _FIELD_CHECKS[k]
+        if isinstance(v, bool) or not isinstance(v, types) or not ok(v):
+          raise UserError(f'{where}: {k}={v!r} ({type(v).__name__}); expected {expected}')
     cfg = cls(**{k: v for k, v in d.items() if k in names})
     if cfg.hidden_act not in ACTS:
-      raise UserError(f'hidden_act={cfg.hidden_act!r} is not supported; choose one of {", ".join(ACTS)}')
+      raise UserError(f'{where}: hidden_act={cfg.hidden_act!r} is not supported; choose one of {", ".join(ACTS)}')
     if cfg.hidden_size % cfg.num_attention_heads:
-      raise UserError(f'hidden_size={cfg.hidden_size} is not divisible by num_attention_heads={cfg.num_attention_heads}')
+      raise UserError(f'{where}: hidden_size={cfg.hidden_size} is not divisible by '
+                      f'num_attention_heads={cfg.num_attention_heads}')
     return cfg
+
+
+_INT, _NUM = (numbers.Integral,), (numbers.Real,)      # numpy scalars too; bools are refused apart
+_FIELD_CHECKS = {      # field: (accepted types, valid value, what is expected)
+    'vocab_size': (_INT, lambda v: v >= 1, 'an integer >= 1 (the vocabulary size)'),
+    'hidden_size': (_INT, lambda v: v >= 1, 'an integer >= 1'),
+    'num_hidden_layers': (_INT, lambda v: v >= 0, 'an integer >= 0'),
+    'num_attention_heads': (_INT, lambda v: v >= 1, 'an integer >= 1 that divides hidden_size'),
+    'intermediate_size': (_INT, lambda v: v >= 1, 'an integer >= 1'),
+    'hidden_act': ((str,), lambda v: True, f'a string, one of {", ".join(ACTS)}'),
+    'hidden_dropout_prob': (_NUM, lambda v: 0 <= v <= 1, 'a number in [0, 1]'),
+    'attention_probs_dropout_prob': (_NUM, lambda v: 0 <= v <= 1, 'a number in [0, 1]'),
+    'max_position_embeddings': (_INT, lambda v: v >= 1, 'an integer >= 1'),
+    'type_vocab_size': (_INT, lambda v: v >= 1, 'an integer >= 1'),
+    'initializer_range': (_NUM, lambda v: v >= 0, 'a number >= 0'),
+    'layer_norm_eps': (_NUM, lambda v: v > 0, 'a number > 0'),
+    'pad_token_id': ((numbers.Integral, type(None)), lambda v: True, 'an integer or null'),
+    'classifier_dropout': ((numbers.Real, type(None)), lambda v: v is None or 0 <= v <= 1, 'null or a number in [0, 1]'),
+}
+# What a config.json must state: the architecture's shapes (a default would only fail later, as a
+# shape mismatch against the weights).
+REQUIRED_IN_FILE = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size')
 
 
 @flax.struct.dataclass
@@ -208,6 +270,7 @@ class BertModel(nnx.Module):
     self.pooler = BertPooler(c, rngs) if add_pooling_layer else None
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None) -> BertOutput:
+    check_rngs(self, rngs)
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
@@ -230,6 +293,7 @@ class _EmbedMixin:
   """Heads expose their encoder's features too (linear probe, few-shot, k-NN evaluators)."""
 
   def embed(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    check_rngs(self, rngs)
     return self.bert.embed(input_ids, attention_mask, token_type_ids, rngs)
 
 
@@ -273,6 +337,7 @@ class BertForPreTraining(_EmbedMixin, nnx.Module):
     self.cls = _Heads(c, mlm=True, nsp=nsp, rngs=rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_positions=None, rngs=None):
+    check_rngs(self, rngs)
     out = self.bert(input_ids, attention_mask, token_type_ids, rngs)
     h = out.last_hidden_state
     if masked_positions is not None:
@@ -298,6 +363,7 @@ class BertForSequenceClassification(_EmbedMixin, nnx.Module):
     self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    check_rngs(self, rngs)
     if self.pooling == 'mean':
       pooled = self.bert.embed(input_ids, attention_mask, token_type_ids, rngs)
     else:
@@ -314,6 +380,7 @@ class BertForTokenClassification(_EmbedMixin, nnx.Module):
     self.classifier = c.dense(cfg.hidden_size, num_labels, rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    check_rngs(self, rngs)
     h = self.bert(input_ids, attention_mask, token_type_ids, rngs).last_hidden_state
     return self.classifier(self.dropout(h, rngs=rngs)).astype(jnp.float32)
 
@@ -327,6 +394,7 @@ class BertForQuestionAnswering(_EmbedMixin, nnx.Module):
     self.qa_outputs = c.dense(cfg.hidden_size, 2, rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
+    check_rngs(self, rngs)
     h = self.bert(input_ids, attention_mask, token_type_ids, rngs).last_hidden_state
     logits = self.qa_outputs(h).astype(jnp.float32)
     return {'start_logits': logits[..., 0], 'end_logits': logits[..., 1]}
@@ -351,6 +419,7 @@ def _split_cfg(cfg: dict):
   if cfg.get('config'):
     from ftjax import hf
     base = hf.read_config(cfg['config'], expect='bert')
+    BertConfig.from_dict(base, where=hf.config_file(cfg['config']), required=REQUIRED_IN_FILE)
   cfg.pop('config', None)
   unknown = set(cfg) - {f.name for f in dataclasses.fields(BertConfig)}
   if unknown:

@@ -204,7 +204,8 @@ def build(cfg: dict, rngs: nnx.Rngs) -> ResNet:
   dt = models.dtype(cfg.pop('dtype', 'float32'))
   if cfg.get('config'):
     from ftjax import hf
-    cfg = {**from_hf_config(hf.read_config(cfg['config'], expect='resnet')), **cfg}
+    cfg = {**from_hf_config(hf.read_config(cfg['config'], expect='resnet'), where=hf.config_file(cfg['config'])),
+           **cfg}
   cfg.pop('config', None)
   try:
     return ResNet(**cfg, dtype=dt, rngs=rngs)
@@ -270,17 +271,44 @@ def hf_extra_tensors(sd: dict) -> dict:
           for k in sd if k.endswith('running_mean')}
 
 
-def from_hf_config(d: dict) -> dict:
-  """transformers ResNetConfig -> ResNet keyword arguments (v1.5: stride on the 3x3, none in stage 1)."""
+def _positive_ints(v) -> bool:
+  return isinstance(v, list) and bool(v) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+
+
+# field: (valid value, what is expected); depths and hidden_sizes are required, the rest have defaults.
+_FIELD_CHECKS = {
+    'depths': (_positive_ints, 'a non-empty list of integers >= 1 (blocks per stage)'),
+    'hidden_sizes': (_positive_ints, 'a non-empty list of integers >= 1 (channels per stage)'),
+    'embedding_size': (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, 'an integer >= 1'),
+    'num_channels': (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, 'an integer >= 1'),
+    'layer_type': (lambda v: v in ('basic', 'bottleneck'), "'basic' or 'bottleneck'"),
+    'hidden_act': (lambda v: isinstance(v, str), "a string ('relu')"),
+    'downsample_in_first_stage': (lambda v: isinstance(v, bool), 'a boolean'),
+    'downsample_in_bottleneck': (lambda v: isinstance(v, bool), 'a boolean'),
+    'id2label': (lambda v: isinstance(v, dict), 'an object {index: label}'),
+    'architectures': (lambda v: v is None or (isinstance(v, list) and all(isinstance(a, str) for a in v)),
+                      'a list of class names'),
+}
+
+
+def from_hf_config(d: dict, where: str = 'transformers ResNet config') -> dict:
+  """transformers ResNetConfig -> ResNet keyword arguments (v1.5: stride on the 3x3, none in stage 1).
+  Every field it reads is checked first; `where` (the config.json) names the source in errors."""
+  for k in ('depths', 'hidden_sizes'):
+    if k not in d:
+      raise UserError(f'{where}: {k} is missing; expected {_FIELD_CHECKS[k][1]}')
+  for k, (ok, expected) in _FIELD_CHECKS.items():
+    if k in d and not ok(d[k]):
+      raise UserError(f'{where}: {k}={d[k]!r} ({type(d[k]).__name__}); expected {expected}')
   if d.get('hidden_act', 'relu') != 'relu' or d.get('downsample_in_first_stage') or d.get('downsample_in_bottleneck'):
-    raise UserError('transformers ResNet config: only hidden_act=relu, downsample_in_first_stage=False and '
+    raise UserError(f'{where}: only hidden_act=relu, downsample_in_first_stage=False and '
                     'downsample_in_bottleneck=False (ResNet v1.5) convert')
   basic = d.get('layer_type', 'bottleneck') == 'basic'
   width = d.get('embedding_size', 64) / 64
   expansion = 1 if basic else 4
   sizes = [max(8, int(round(64 * width * 2 ** i))) * expansion for i in range(len(d['depths']))]
   if list(d['hidden_sizes']) != sizes:
-    raise UserError(f'transformers ResNet config: hidden_sizes={d["hidden_sizes"]} with embedding_size='
+    raise UserError(f'{where}: hidden_sizes={d["hidden_sizes"]} with embedding_size='
                     f'{d.get("embedding_size", 64)}; ftjax ResNets double the width per stage: {sizes}')
   head = any('ImageClassification' in a for a in d.get('architectures') or [])
   return dict(depth=18 if basic else 50, stages=tuple(d['depths']), width=width, stem='imagenet', version='v1.5',
