@@ -3,36 +3,53 @@
 `workdir/checkpoints/<step>` holds {state: TrainState, data: train-iterator state}; saves are async
 (arrays are copied to host before `save` returns, so donated buffers are safe). `workdir/best/<step>`
 keeps one checkpoint, replaced only when the chosen metric improves. Orbax writes to a temporary
-directory and renames it, so an interrupted save never leaves a checkpoint that looks complete.
+directory and renames it, so an interrupted save never leaves a checkpoint that looks complete; a
+checkpoint damaged afterwards (truncated files, lost metadata) is reported and the next older one
+restored instead, the damaged one moved to `workdir/damaged/` so that the run can save that step again.
 """
+import contextlib
+import io
+import logging
 import os
+import shutil
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
 from ftjax import trees
-from ftjax.errors import UserError
+from ftjax.errors import UserError, brief
 
 
 class Checkpointer:
 
   def __init__(self, workdir: str, cfg):
-    self.cfg = cfg
-    opts = dict(enable_async_checkpointing=cfg.async_save, create=True)
-    self.latest = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, 'checkpoints')), item_names=('state', 'data'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max(1, cfg.keep), **opts))
+    self.cfg, self.workdir = cfg, os.path.abspath(workdir)
+
+    def options(name, **kw):
+      # Each manager its own barrier names: multi-process saves of the latest and the best checkpoint
+      # at the same step would otherwise meet on one barrier ("already ongoing") and abort.
+      return ocp.CheckpointManagerOptions(
+          enable_async_checkpointing=cfg.async_save, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name), **kw)
+
+    self.latest = ocp.CheckpointManager(os.path.join(self.workdir, 'checkpoints'), item_names=('state', 'data'),
+                                        options=options('latest', max_to_keep=max(1, cfg.keep)))
     self.best = None
     self.best_value = None
     if cfg.best_metric:
       sign = 1 if cfg.best_mode == 'max' else -1
       self.best = ocp.CheckpointManager(
-          os.path.abspath(os.path.join(workdir, 'best')), item_names=('state', 'data'),
-          options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: sign * m[cfg.best_metric],
-                                               best_mode='max', **opts))
+          os.path.join(self.workdir, 'best'), item_names=('state', 'data'),
+          options=options('best', max_to_keep=1, best_fn=lambda m: sign * m[cfg.best_metric], best_mode='max'))
       step = self.best.best_step()
       if step is not None:
-        self.best_value = self.best.metrics(step)[cfg.best_metric]
+        try:
+          self.best_value = self.best.metrics(step)[cfg.best_metric]
+        except Exception as e:   # lost metrics: the next evaluation becomes the best so far
+          print(f'note: {self.workdir}/best/{step} has no readable {cfg.best_metric} ({brief(e)}); '
+                'best-checkpoint tracking starts afresh', flush=True)
 
   @staticmethod
   def _args(state, data_state):
@@ -57,12 +74,44 @@ class Checkpointer:
   def latest_step(self):
     return self.latest.latest_step()
 
-  def restore(self, abstract_state, step=None):
-    """Restores onto the shardings in `abstract_state` (a tree of jax.ShapeDtypeStruct)."""
-    step = self.latest.latest_step() if step is None else step
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored['state'], restored['data']
+  def restore(self, abstract_state, set_data_state):
+    """Restores the newest checkpoint that restores onto the shardings in `abstract_state` (a tree
+    of jax.ShapeDtypeStruct) and whose data state `set_data_state` accepts; returns (state, step).
+    Each newer one that fails is reported in one line and moved to workdir/damaged/."""
+    where = os.path.join(self.workdir, 'checkpoints')
+    failed = []
+    for step in _step_dirs(where):
+      try:
+        with _quiet():
+          try:
+            restored = self.latest.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            set_data_state(restored['data'])
+          except Exception:
+            time.sleep(1.0)    # the failed restore's other reads finish (and complain) while muted
+            raise
+      except Exception as e:   # whatever Orbax, TensorStore or the iterator raise for damaged files
+        print(f'checkpoint {where}/{step} does not restore ({brief(e)}); trying the next older one',
+              flush=True)
+        failed.append(step)
+        continue
+      for bad in failed:
+        self._move_aside(bad)
+      return restored['state'], step
+    raise UserError(f'no checkpoint in {where} restores (steps {", ".join(map(str, failed))} are damaged); '
+                    f'remove {where} to start the run afresh (or move it away to keep it)')
+
+  def _move_aside(self, step: int):
+    """Damaged step folders leave checkpoints/ (kept for inspection), so the run can save those steps again."""
+    if jax.process_index() == 0:
+      dest = os.path.join(self.workdir, 'damaged', f'{step}.{time.strftime("%Y%m%d-%H%M%S")}')
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      shutil.move(os.path.join(self.workdir, 'checkpoints', str(step)), dest)
+      print(f'  moved the damaged checkpoint to {dest}', flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'ftjax_moved_damaged_{step}')
+    self.latest.reload()
 
   def wait(self):
     self.latest.wait_until_finished()
@@ -73,6 +122,33 @@ class Checkpointer:
     self.latest.close()
     if self.best is not None:
       self.best.close()
+
+
+def _step_dirs(folder: str) -> list[int]:
+  """Step folders, newest first, whether or not Orbax would list them (an empty one is damaged too)."""
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted((int(n) for n in names if n.isdigit()), reverse=True)
+
+
+def has_checkpoints(workdir: str) -> bool:
+  return bool(_step_dirs(os.path.join(workdir, 'checkpoints')))
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Orbax and TensorStore log a traceback per failing read, and reads still in flight when one fails
+  print more from their threads as they finish: the caller reports the failure in one line instead."""
+  loggers = [logging.getLogger(n) for n in ('', 'absl', 'orbax', 'asyncio')]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL + 1)
+  stderr, sys.stderr = sys.stderr, io.StringIO()
+  try:
+    yield
+  finally:
+    sys.stderr = stderr
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
 
 
 def merge_by_name(target: dict, source: dict, reinit: str = '', where: str = 'init.source'):

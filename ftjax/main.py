@@ -12,8 +12,16 @@ from ml_collections import config_flags
 from ftjax.errors import UserError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Python config file, optionally with :arg', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the resolved config')
+
+
+def _define(fv, argv=None):
+  # The config flag reads argv (sys.argv by default) when defined, to register its --config.<key> overrides.
+  config_flags.DEFINE_config_file('config', None, 'Python config file, optionally with :arg', flag_values=fv,
+                                  lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the resolved config', flag_values=fv)
+
+
+_define(FLAGS)
 
 
 def _fail(msg):
@@ -31,20 +39,20 @@ def _unknown_key(argv, err):
   return f'bad config override: {type(err).__name__} {err}'
 
 
-def _parse(argv):
+def _parse(argv, fv=FLAGS):
   try:
-    rest = FLAGS(argv)
-    if FLAGS['config'].present:
-      FLAGS.config.get('runs')  # a config file that failed to load raises only on first use
+    rest = fv(argv)
+    if fv['config'].present:
+      fv.config.get('runs')  # a config file that failed to load raises only on first use
   except (KeyError, AttributeError) as e:
     _fail(_unknown_key(argv, e))
   except flags.Error as e:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except Exception as e:  # errors raised while loading the config file itself
     _fail(f'cannot load --config: {" ".join(str(e).split())}')
-  if not FLAGS['config'].present:
+  if not fv['config'].present:
     _fail('--config=configs/<file>.py[:arg] is required')
-  if not FLAGS.workdir:
+  if not fv.workdir:
     _fail('--workdir=<dir> is required')
   if len(rest) > 1:
     _fail(f'unexpected arguments: {" ".join(rest[1:])}')
@@ -62,16 +70,21 @@ def _enable_compilation_cache():
 
 def main(argv):
   del argv
+  run_job(FLAGS.config, FLAGS.workdir)
+
+
+def run_job(config, workdir):
+  """A run or an experiment; a UserError ends it with one line and exit status 2."""
   logging.set_verbosity(logging.ERROR)   # library chatter; ftjax prints its own progress
   _enable_compilation_cache()
   from ftjax import experiment, parallel, train
   try:
-    if 'distributed' in FLAGS.config:
-      parallel.init_distributed(FLAGS.config.distributed)
-    if 'runs' in FLAGS.config:
-      experiment.run(FLAGS.config, FLAGS.workdir)
+    if 'distributed' in config:
+      parallel.init_distributed(config.distributed)
+    if 'runs' in config:
+      experiment.run(config, workdir)
     else:
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      train.train_and_evaluate(config, workdir)
   except UserError as e:
     _fail(str(e))
   except Exception as e:                   # a lost peer surfaces as a failed collective
@@ -85,6 +98,19 @@ def main(argv):
 
 def run():
   app.run(main, flags_parser=_parse)
+
+
+def cli(argv) -> int:
+  """`python -m ftjax.main ARGV[1:]` inside this process, returning its exit status: tests run many
+  command lines in one process. Anything but a clean exit propagates, as it would print a traceback."""
+  fv = flags.FlagValues()
+  _define(fv, argv)
+  try:
+    _parse(argv, fv)
+    run_job(fv.config, fv.workdir)
+  except SystemExit as e:
+    return 0 if e.code is None else e.code
+  return 0
 
 
 if __name__ == '__main__':

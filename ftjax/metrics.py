@@ -25,6 +25,7 @@ class Writer:
     self.total, self.batch = total_steps, batch_size
     self._t0, self._s0, self._last = None, start_step, None
     self._tb = None
+    self.rows = []           # rows already in metrics.jsonl (kept on resume)
     if self.main:
       self._truncate_after(start_step)
       from tensorboardX import SummaryWriter
@@ -40,6 +41,11 @@ class Writer:
     with open(tmp, 'w') as f:
       f.writelines(rows)
     os.replace(tmp, self.path)
+    self.rows = [json.loads(line) for line in rows]
+
+  def has_metrics(self, step: int, prefix: str) -> bool:
+    """Whether metrics.jsonl holds a `prefix...` value at `step` (an evaluation that completed)."""
+    return any(r.get('step') == step and any(k.startswith(prefix) for k in r) for r in self.rows)
 
   def write(self, step: int, scalars: dict):
     if not self.main:

@@ -9,10 +9,11 @@ State is functional: the NNX model is split once into a graph definition and pur
 and the RNG. Everything the next step depends on is in TrainState or the data iterator's state, so
 a resumed run is bit-identical to an uninterrupted one on the same machine.
 """
-import json
+import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -39,19 +40,48 @@ class TrainState:
 PREEMPTED = None    # the signal that stopped the last train_and_evaluate, if one did
 
 
+class EvaluationInterrupted(BaseException):
+  """A signal arrived during an evaluation: it is abandoned and redone on resume. A BaseException,
+  like KeyboardInterrupt, so that no library's `except Exception` swallows it on the way up."""
+
+
+class NonFiniteError(UserError):
+  """A loss or metric is NaN or infinite: the run stops before the value is written or saved."""
+
+
 class Preemption:
-  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly.
-  A second signal while that is under way stops at once (the last periodic checkpoint stays valid)."""
+  """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly. During an
+  evaluation (one process), the signal abandons it at once (cloud preemption notices give ~30 s).
+  A second signal while that is under way exits at once with one line (the last complete
+  checkpoint stays valid)."""
 
   def __init__(self):
     self.requested = None
     self.peer = None     # multi-process: the signal any process saw, once agreed
+    self._interruptible = False
     self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
+    name = signal.Signals(signum).name
     if self.requested:
-      raise KeyboardInterrupt(f'second {signal.Signals(signum).name}: stopping without saving')
-    self.requested = signal.Signals(signum).name
+      sys.stdout.flush()
+      print(f'ftjax: error: second {name} while stopping: exiting now without saving; rerun the same command '
+            'to resume from the last complete checkpoint', file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    self.requested = name
+    if self._interruptible:
+      raise EvaluationInterrupted(name)
+
+  @contextlib.contextmanager
+  def interruptible(self, allowed: bool = True):
+    """A region (an evaluation) that a signal abandons at once instead of waiting for its end."""
+    if allowed and self.requested:
+      raise EvaluationInterrupted(self.requested)
+    self._interruptible = allowed
+    try:
+      yield
+    finally:
+      self._interruptible = False
 
   def agreed(self, sync: bool):
     """Multi-process: the first signal seen by any process, once they have compared notes (a
@@ -66,6 +96,16 @@ class Preemption:
   def restore(self):
     for s, h in self._old.items():
       signal.signal(s, h)
+
+
+def check_finite(values: dict, step: int, what: str):
+  """Stops the run, in one line, on a NaN or infinite loss or metric: never written as a result."""
+  bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+  if bad:
+    hint = ('lower optim.lr, add optim.clip_norm, or check the data' if what == 'train' else
+            'the model diverged or the data hold values the task cannot score; check the labels and inputs')
+    raise NonFiniteError(f'{", ".join(f"{k} is {v}" for k, v in bad.items())} at step {step} ({what}); stopping '
+                         f'without writing it ({hint})')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +254,18 @@ def build_evaluators(config, g_eval, task, mesh, state_sharding):
           for name, ecfg in config.evals.items()}
 
 
+def _check_workdir(workdir: str):
+  """Fails unless `workdir` is, or can be created as, a writable directory; creates nothing (a run
+  that stops on bad input leaves the file system as it was)."""
+  path = os.path.abspath(workdir)
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+    why = 'a file' if not os.path.isdir(probe) else 'not writable'
+    raise UserError(f'workdir {workdir!r} is not a writable directory: {probe} is {why}')
+
+
 def _prepare_workdir(workdir: str):
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -247,8 +299,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t_start = time.perf_counter()
   is_main = jax.process_index() == 0
 
-  # ---- Workdir ---------------------------------------------------------------------------------
-  _prepare_workdir(workdir)
+  # ---- Workdir: checked now, written only once the inputs and the starting state are known good ----
+  _check_workdir(workdir)
 
   # ---- Mesh ------------------------------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
@@ -259,7 +311,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     'data-parallel devices')
 
   # ---- Data ------------------------------------------------------------------------------------
-  train_iter, n_train = data.train_iterator(config.input, config.seed, jax.process_index(), jax.process_count())
+  train_iter, n_train = data.train_iterator(config.input, config.seed, jax.process_index(), jax.process_count(),
+                                            classes=models.label_classes(config))
   total_steps = config.total_steps
   if config.num_epochs > 0:
     total_steps = math.ceil(config.num_epochs * n_train / config.input.batch_size)
@@ -275,21 +328,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
     from ftjax.data import text
     text.check_vocab(tok, vocab, f'input.tokenizer={config.input.tokenizer!r}')
   evaluators = build_evaluators(config, g_eval, task, mesh, state_sharding)
-  if is_main:
-    _write_config(config, workdir)
-    if tok is not None:      # the workdir is self-contained: later runs can use it as input.tokenizer
-      tok.save(os.path.join(workdir, 'tokenizer.json'))
 
-  # ---- Restore or initialise ------------------------------------------------------------------
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
-  if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(checkpoint.abstract(abstract, state_sharding))
-    train_iter.set_state(data_state)
-    print(f'resumed from {workdir}/checkpoints/{ckpt.latest_step()}', flush=True)
+  # ---- Restore (the newest checkpoint that restores) or initialise ------------------------------
+  ckpt = None
+  if checkpoint.has_checkpoints(workdir):
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+    state, restored_step = ckpt.restore(checkpoint.abstract(abstract, state_sharding), train_iter.set_state)
+    print(f'resumed from {workdir}/checkpoints/{restored_step}', flush=True)
   else:
     state = initialize(init, state_sharding)
     if config.init.source:
       state = load_pretrained(state, config.init, config.model, state_sharding)
+  _prepare_workdir(workdir)
+  if is_main:
+    _write_config(config, workdir)
+    if tok is not None:      # the workdir is self-contained: later runs can use it as input.tokenizer
+      tok.save(os.path.join(workdir, 'tokenizer.json'))
+  ckpt = ckpt or checkpoint.Checkpointer(workdir, config.checkpoint)
   step = int(jax.device_get(state.step))
   writer = metrics.Writer(workdir, total_steps, config.input.batch_size, start_step=step)
   n_train_params = _count(abstract.params) if trainable is None else sum(
@@ -297,18 +352,51 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters ({n_train_params:,} trained) | mesh {dict(mesh.shape)} | '
              f'{n_train:,} train examples | {total_steps} steps of {config.input.batch_size}'
              + (f' | starting at step {step}' if step else ''))
-  if step >= total_steps:
-    writer.log(f'nothing to do: {workdir} already holds step {step} of {total_steps}')
-    ckpt.close()
-    return {}
 
   # ---- Loop ------------------------------------------------------------------------------------
   global PREEMPTED
   PREEMPTED = None
   preempt = Preemption()
-  last = {}
+  single = jax.process_count() == 1   # evaluations are collectives across processes: not abandoned alone
+  last, unfinished = {}, False     # unfinished: a signal abandoned an evaluation
   feed = parallel.DevicePrefetch(train_iter, data_sharding, config.input.device_prefetch)
+
+  def due(name, ev, s):
+    return s == total_steps or (ev.cfg.every and s % ev.cfg.every == 0)
+
+  def evaluate(s, names):
+    """The evaluators `names` at step s; False if a signal abandoned them (redone on resume)."""
+    try:
+      for name in names:
+        ev = evaluators[name]
+        t = time.perf_counter()
+        with preempt.interruptible(single):
+          res = ev(state)
+        check_finite(res, s, name)
+        writer.write(s, res)
+        writer.log(f'  {name} @ {s}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items())
+                   + f' ({time.perf_counter() - t:.1f}s)')
+        last.update(res)
+        if ckpt.maybe_save_best(s, state, feed.get_state(), res):
+          writer.log(f'  new best {config.checkpoint.best_metric} = {ckpt.best_value:.4f}')
+    except EvaluationInterrupted as e:
+      nonlocal unfinished
+      unfinished = True
+      writer.log(f'{e}: abandoned the evaluation at step {s}; it is redone on resume')
+      return False
+    return True
+
   try:
+    # Evaluations a signal abandoned at the restored step (their rows are missing): redo them first.
+    if step and single:
+      pending = [n for n, ev in evaluators.items() if due(n, ev, step) and not writer.has_metrics(step, n + '/')]
+      if pending:
+        writer.log(f'redoing the evaluations a signal abandoned at step {step}: {", ".join(pending)}')
+        if not evaluate(step, pending):
+          return {}
+    if step >= total_steps:
+      writer.log(f'nothing to do: {workdir} already holds step {step} of {total_steps}')
+      return last
     while step < total_steps:
       batch = next(feed)
       with jax.set_mesh(mesh):      # the mesh that parallel.constrain pins activations to
@@ -316,41 +404,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
       step += 1
       final = step == total_steps
       stop = preempt.requested
-      if jax.process_count() > 1:   # every process must stop at the same step: agree every 10 steps
+      if not single:   # every process must stop at the same step: agree every 10 steps
         stop = preempt.agreed(step % 10 == 0)
+      saving = final or step % config.checkpoint.every == 0 or stop
 
-      if step % config.log_every == 0 or final or step == 1 or stop:
+      if step % config.log_every == 0 or final or step == 1 or stop or saving:
         last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if not math.isfinite(last['train/loss']):
-          raise FloatingPointError(f'train/loss is {last["train/loss"]} at step {step}; stopping '
-                                   '(lower optim.lr, add optim.clip_norm, or check the data)')
+        check_finite(last, step, 'train')        # a diverged state is neither logged nor saved
         writer.write(step, last)
         writer.progress(step, last)
 
-      for name, ev in evaluators.items():
-        if final or (ev.cfg.every and step % ev.cfg.every == 0):
-          t = time.perf_counter()
-          res = ev(state)
-          writer.write(step, res)
-          writer.log(f'  {name} @ {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items())
-                     + f' ({time.perf_counter() - t:.1f}s)')
-          last.update(res)
-          if ckpt.maybe_save_best(step, state, feed.get_state(), res):
-            writer.log(f'  new best {config.checkpoint.best_metric} = {ckpt.best_value:.4f}')
-
-      if final or step % config.checkpoint.every == 0 or stop:
+      due_now = [n for n, ev in evaluators.items() if due(n, ev, step)]
+      if due_now and not evaluate(step, due_now) or single and preempt.requested:
+        stop = preempt.requested
+      if saving or stop:
         ckpt.save(step, state, feed.get_state())
-      if stop and not final:
+      if stop and (unfinished or not final):
         writer.log(f'{stop}: saved step {step} to {workdir}/checkpoints; rerun the same '
                    'command to resume')
         break
   finally:
-    preempt.restore()
-    PREEMPTED = (preempt.requested or preempt.peer) if step < total_steps else None
+    PREEMPTED = (preempt.requested or preempt.peer) if (step < total_steps or unfinished) else None
     ckpt.wait()
     ckpt.close()
     writer.close()
-  if step == total_steps:
+    if not preempt.requested:    # once stopping on a signal, a second one still exits in one line
+      preempt.restore()
+  if step == total_steps and not unfinished:
     writer.log(f'done: {step} steps in {time.perf_counter() - t_start:.0f}s; ' +
                ', '.join(f'{k} {v:.4f}' for k, v in last.items() if not k.startswith('train/')))
   return last

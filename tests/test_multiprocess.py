@@ -11,7 +11,7 @@ import numpy as np
 
 from conftest import ROOT, main_env, run_main
 
-SMOKE = ['--config=configs/bert_mlm_pydoc.py:smoke', '--config.checkpoint.best_metric=']
+SMOKE = ['--config=configs/bert_mlm_pydoc.py:smoke']   # best-checkpoint saving on, as the README runs it
 
 
 def _local(n, *args, timeout=600):
@@ -30,6 +30,8 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   r = _local(2, *SMOKE, f'--workdir={multi}')
   assert r.returncode == 0, r.stderr[-3000:]
   assert "[0] bert:" in r.stdout and "mesh {'data': 2}" in r.stdout and '[1] bert:' not in r.stdout
+  # The latest and the best checkpoint were both saved at the last step, by both processes.
+  assert os.listdir(os.path.join(multi, 'best')) == ['8'] and '8' in os.listdir(os.path.join(multi, 'checkpoints'))
   r1 = run_main(*SMOKE, f'--workdir={single}', devices=2)
   assert r1.returncode == 0, r1.stderr[-3000:]
   a, b = _rows(multi), _rows(single)
@@ -91,7 +93,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resumes(tmp_path
   env.update(FTJAX_COORDINATOR='127.0.0.1:%d' % (40000 + os.getpid() % 20000), FTJAX_NUM_PROCESSES='2')
   args = [sys.executable, '-m', 'ftjax.main', '--config=configs/resnet_digits.py:smoke', f'--workdir={tmp_path}',
           '--config.total_steps=400', '--config.log_every=1', '--config.checkpoint.every=1000',
-          '--config.evals.eval.every=0', '--config.checkpoint.best_metric=']
+          '--config.evals.eval.every=0']
   procs = [subprocess.Popen(args, cwd=ROOT, env={**env, 'FTJAX_PROCESS_ID': str(i)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:

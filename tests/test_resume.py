@@ -6,6 +6,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,3 +123,48 @@ def test_rerun_of_finished_job_does_nothing(tmp_path, digits_ready):
   again = run_main(*args, f'--workdir={wd}')
   assert again.returncode == 0 and 'nothing to do' in again.stdout
   assert len(rows(wd)) == n
+
+
+def test_signals_during_an_evaluation_stop_within_seconds_and_it_is_redone(tmp_path, digits_ready):
+  """A cloud preemption notice gives ~30 s. SIGTERM during a long evaluation abandons it, saves and
+  exits 0; the resume redoes it. A second signal while stopping exits at once with one line, and the
+  workdir still resumes."""
+  args = ['--config=configs/resnet_digits.py:smoke', '--config.total_steps=10', '--config.log_every=1',
+          '--config.input.dataset=synthetic(n=30000, size=8, channels=1, classes=10)',
+          '--config.evals.eval.every=10', '--config.evals.test.split=test[:64]']
+
+  def interrupt_evaluation(wd, second_after=None):
+    proc = subprocess.Popen([sys.executable, '-m', 'ftjax.main', *args, f'--workdir={wd}'], cwd=ROOT, env=main_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+      if line.startswith('step     10/'):       # the evaluation at step 10 starts right after this line
+        break
+    time.sleep(1.0)
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    if second_after is not None:              # while the first one is being handled (abandon, save)
+      time.sleep(second_after)
+      proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err, time.time() - t
+
+  wd = str(tmp_path / 'once')
+  code, out, err, took = interrupt_evaluation(wd)
+  assert code == 0 and 'Traceback' not in err, err[-3000:]
+  assert 'SIGTERM: abandoned the evaluation at step 10' in out and 'SIGTERM: saved step 10' in out
+  assert not [r for r in rows(wd) if 'eval/accuracy' in r]
+  again = run_main(*args, f'--workdir={wd}')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'resumed from {wd}/checkpoints/10' in again.stdout and 'redoing the evaluations' in again.stdout
+  evals = [r for r in rows(wd) if 'eval/accuracy' in r]
+  assert len(evals) == 1 and evals[0]['step'] == 10 and evals[0]["eval/examples"] == 30000
+  seconds = float(re.search(r'eval @ 10: .*\((\d+\.\d)s\)', again.stdout).group(1))
+  assert took < 15 and took < seconds, (took, seconds)     # honoured well before the evaluation would end
+
+  wd = str(tmp_path / 'twice')
+  code, out, err, _ = interrupt_evaluation(wd, second_after=0.3)
+  assert code == 128 + signal.SIGTERM, err[-3000:]
+  assert err.startswith('ftjax: error: second SIGTERM') and len(err.strip().splitlines()) == 1
+  again = run_main(*args, f'--workdir={wd}', '--config.evals.eval.split=test[:64]')   # resumable (or afresh)
+  assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
+  assert [r['step'] for r in rows(wd) if 'eval/accuracy' in r] == [10]

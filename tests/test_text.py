@@ -86,9 +86,12 @@ def test_packing_never_spans_documents(tok):
 
 def test_corpus_files_with_bad_bytes_empty_and_long_lines(tmp_path, tok):
   path = tmp_path / 'corpus.txt'
-  path.write_bytes(b'first document \xff\xfe with bad bytes\n\n\n\n' + b'word ' * 2000 + b'\n\n   \n\nlast one\n')
+  path.write_bytes(b'first document\n\n\xff\xfe with bad bytes\n\n')
+  with pytest.raises(UserError, match=r'corpus.txt:3: not UTF-8 text'):    # an error, not mojibake
+    data.get_source(str(path), 'train')
+  path.write_bytes(b'first document \xc3\xa9 in UTF-8\n\n\n\n' + b'word ' * 2000 + b'\n\n   \n\nlast one\n')
   src = data.get_source(str(path), 'train')
-  assert len(src) == 3 and '\ufffd' in src[0]['text']
+  assert len(src) == 3 and '\u00e9' in src[0]['text']
   cfg = ConfigDict(dict(dataset=str(path), data_dir='', train_split='train', batch_size=4, tokenizer='',
                         pp_train='', pp_eval='', num_threads=1, prefetch=1, text_field='text', max_len=32,
                         pack=True, nsp=False))

@@ -18,7 +18,7 @@ from ftjax.data import ops
 from ftjax.data.sources import get_source
 from ftjax.errors import UserError
 
-__all__ = ['get_source', 'tokenizer', 'train_iterator', 'eval_batches', 'local_batch_size']
+__all__ = ['get_source', 'tokenizer', 'train_iterator', 'check_split', 'eval_batches', 'local_batch_size']
 
 
 def local_batch_size(global_batch, process_count, what='input.batch_size'):
@@ -90,8 +90,46 @@ class _Columns:
     return {k: v[i] for k, v in self.cols.items()}
 
 
-def _examples(src, pp, seed):
-  return grain.MapDataset.source(src), lambda d: d.random_map(lambda ex, rng: _fix(pp(ex, rng)), seed=seed)
+def _examples(src, pp, seed, where, classes=None):
+  """(grain dataset over src, dataset -> preprocessed dataset). Every example is checked as it is
+  made (fields present, labels within `classes` = (count, config key)); example 0 and the label
+  column, where the source has one, are checked now, before any compute."""
+  column = getattr(src, 'label_column', lambda: None)()
+  if column is not None and len(column):
+    _check_labels(np.asarray(column), where, classes)
+
+  def fn(ex, rng):
+    try:
+      out = pp(ex, rng)
+    except KeyError as e:
+      have = ', '.join(map(repr, sorted(ex))) if isinstance(ex, dict) else type(ex).__name__
+      raise UserError(f'{where}: an example has no field {e} (it has {have}); name the right fields in the config '
+                      '(input.text_field, the fields of the tokenize / label ops)') from None
+    except (TypeError, ValueError, AttributeError) as e:
+      raise UserError(f'{where}: cannot preprocess an example ({type(e).__name__}: {" ".join(str(e).split())[:200]})'
+                      ) from None
+    if classes and isinstance(out.get('label'), (str, bytes)):
+      raise UserError(f'{where}: label {out["label"]!r} is text; turn it into a class index with the label op, '
+                      'e.g. label("label", names=("negative", "positive")) in input.pp_train and pp_eval')
+    if 'label' in out:
+      _check_labels(np.asarray(out['label']), where, classes)
+    return _fix(out)
+
+  if len(src):
+    fn(src[0], np.random.default_rng(0))
+  return grain.MapDataset.source(src), lambda d: d.random_map(fn, seed=seed)
+
+
+def _check_labels(labels, where, classes):
+  if np.issubdtype(labels.dtype, np.integer):
+    if classes and labels.size and (labels.min() < 0 or labels.max() >= classes[0]):
+      n, key = classes
+      bad = labels.min() if labels.min() < 0 else labels.max()
+      raise UserError(f'{where}: label {bad} is outside 0..{n - 1} ({key}={n}); set {key} to the number of '
+                      'classes in the data, or fix the labels')
+  elif np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+    raise UserError(f'{where}: a label is {labels[~np.isfinite(labels)].ravel()[0]}; regression targets must be '
+                    'finite numbers')
 
 
 def _fix(ex):
@@ -102,15 +140,17 @@ def _fix(ex):
   return ex
 
 
-def train_iterator(cfg, seed, process_index=0, process_count=1):
-  """Returns (grain iterator with get_state/set_state, number of train examples in all processes)."""
+def train_iterator(cfg, seed, process_index=0, process_count=1, classes=None):
+  """Returns (grain iterator with get_state/set_state, number of train examples in all processes).
+  classes: (count, config key) that integer labels must lie under, or None."""
   tok = tokenizer(cfg)
   src = _source(cfg, cfg.train_split, tok)
   bs = local_batch_size(cfg.batch_size, process_count)
   if len(src) < cfg.batch_size:
     raise UserError(f'train split {cfg.train_split!r} of {cfg.dataset!r} has {len(src)} examples, '
                     f'fewer than the batch of {cfg.batch_size}')
-  ds, with_pp = _examples(src, ops.parse(cfg.pp_train, tok=tok), seed + 1)
+  ds, with_pp = _examples(src, ops.parse(cfg.pp_train, tok=tok), seed + 1,
+                          f'dataset {cfg.dataset!r} split {cfg.train_split!r}', classes)
   ds = with_pp(ds.shuffle(seed=seed).repeat(None))
   if process_count > 1:
     # One global stream, whatever the process count: process p reads rows [p*bs, (p+1)*bs) of every
@@ -124,12 +164,20 @@ def train_iterator(cfg, seed, process_index=0, process_count=1):
   return iter(it), len(src)
 
 
-def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1):
+def check_split(cfg, split, pp_spec, classes=None):
+  """Fails now, not at the first evaluation, if the split is missing or its first example (or label
+  column) does not suit pp_spec and the model's classes."""
+  tok = tokenizer(cfg)
+  _examples(_source(cfg, split, tok), ops.parse(pp_spec, tok=tok), 0, f'dataset {cfg.dataset!r} split {split!r}',
+            classes)
+
+
+def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1, classes=None):
   """Yields local batches with a float `_mask` (0 = padding). Same batch count on every process."""
   tok = tokenizer(cfg)
   src = _source(cfg, split, tok)
   bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
-  ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0)
+  ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0, f'dataset {cfg.dataset!r} split {split!r}', classes)
   ds = with_pp(ds)
   # Process p reads rows [p*bs, (p+1)*bs) of each global batch: the same examples, preprocessing
   # randomness and order as one process would see.

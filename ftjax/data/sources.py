@@ -42,6 +42,9 @@ class ArraySource:
   def __getitem__(self, i):
     return {'image': self.images[i], 'label': int(self.labels[i])}
 
+  def label_column(self):
+    return self.labels
+
 
 class FolderSource:
   """root/<class_name>/<image file>; classes sorted by name give label ids."""
@@ -59,8 +62,15 @@ class FolderSource:
   def __getitem__(self, i):
     from PIL import Image
     path, label = self.files[i]
-    with Image.open(path) as im:
-      return {'image': np.asarray(im.convert('RGB')), 'label': label}
+    try:
+      with Image.open(path) as im:
+        return {'image': np.asarray(im.convert('RGB')), 'label': label}
+    except (OSError, ValueError, SyntaxError) as e:   # PIL: unreadable, truncated or not an image
+      raise UserError(f'image file {path}: cannot be read as an image ({" ".join(str(e).split())[:200]}); '
+                      'remove or replace it') from None
+
+  def label_column(self):
+    return np.array([k for _, k in self.files])
 
 
 class SlicedSource:
@@ -73,8 +83,13 @@ class SlicedSource:
   def __getitem__(self, i):
     return self.src[self.lo + i]
 
+  def label_column(self):
+    column = getattr(self.src, 'label_column', lambda: None)()
+    return None if column is None else column[self.lo:self.lo + self.n]
+
 
 def _load_npz(path):
+  import zipfile
   try:
     with np.load(path, allow_pickle=False) as z:
       keys = set(z.files)
@@ -83,8 +98,9 @@ def _load_npz(path):
       if img_key is None or lab_key is None:
         raise UserError(f'{path}: expected arrays "images" and "labels", found {sorted(keys)}')
       images, labels = z[img_key], z[lab_key]
-  except (OSError, ValueError) as e:
-    raise UserError(f'cannot read {path}: {e}') from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:   # truncated, not a zip, damaged member
+    raise UserError(f'cannot read {path} as an .npz archive ({type(e).__name__}: {" ".join(str(e).split())[:200]}); '
+                    'expected numpy.savez output with "images" and "labels"') from None
   if len(images) != len(labels):
     raise UserError(f'{path}: "{img_key}" has {len(images)} rows but "{lab_key}" has {len(labels)}; '
                     'they must have one label per image')
@@ -97,24 +113,44 @@ def _load_npz(path):
 
 def _load_text(path):
   """Local text: .txt (one document per blank-line-separated paragraph), .jsonl (one JSON object a
-  line), .csv (a header row). Invalid UTF-8 is replaced, blank documents skipped."""
+  line), .csv (a header row). UTF-8 only: a file in another encoding is an error, not mojibake."""
   import csv
+  import io
   import json
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    content = raw.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b'\n') + 1
+    raise UserError(f'{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8') from None
+  if '\x00' in content:
+    raise UserError(f'{path}: holds NUL bytes, so it is not a text file (UTF-16 or binary?); save it as UTF-8 text')
   rows = []
-  with open(path, encoding='utf-8', errors='replace', newline='') as f:
-    if path.endswith('.txt'):
-      rows = [{'text': d.strip()} for d in re.split(r'\n\s*\n', f.read()) if d.strip()]
-    elif path.endswith('.jsonl'):
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            rows.append(json.loads(line))
-          except json.JSONDecodeError as e:
-            raise UserError(f'{path}:{n}: not valid JSON ({e.msg})') from None
-    else:
-      rows = list(csv.DictReader(f))
+  if path.endswith('.txt'):
+    rows = [{'text': d.strip()} for d in re.split(r'\n\s*\n', content) if d.strip()]
+  elif path.endswith('.jsonl'):
+    for n, line in enumerate(content.splitlines(), 1):
+      if line.strip():
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise UserError(f'{path}:{n}: not valid JSON ({e.msg} at column {e.colno})') from None
+        if not isinstance(row, dict):
+          raise UserError(f'{path}:{n}: expected a JSON object per line, got {type(row).__name__}')
+        rows.append(row)
+  else:
+    try:
+      reader = csv.DictReader(io.StringIO(content, newline=''))
+      for row in reader:
+        if None in row or None in row.values():
+          raise UserError(f'{path}:{reader.line_num}: {len(row) - (None in row)} fields where the header '
+                          f'names {len(reader.fieldnames)} ({", ".join(reader.fieldnames)})')
+        rows.append(row)
+    except csv.Error as e:
+      raise UserError(f'{path}: not a valid CSV file ({e})') from None
   if not rows:
-    raise UserError(f'{path}: no documents')
+    raise UserError(f'{path}: no documents (the file is empty{", or has a header only" if path.endswith(".csv") else ""})')
   return ListSource(rows)
 
 

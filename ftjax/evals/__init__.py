@@ -43,7 +43,7 @@ class FeatureEvaluator:
     self.pp = cfg.get('pp') or config.input.pp_eval
     self.train_split = cfg.get('train_split') or config.input.train_split
     for split in (self.train_split, cfg.split):   # fail now, not at the first evaluation
-      data.get_source(self.input.dataset, split, self.input.data_dir)
+      data.check_split(self.input, split, self.pp)
 
   def features(self, state, split):
     """(features [N, D] float32, integer labels [N]) of a whole split."""

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from ftjax import data, evals, parallel
+from ftjax import data, evals, models, parallel
 
 
 class Evaluator:
@@ -13,13 +13,13 @@ class Evaluator:
     self.name, self.cfg, self.input = name, cfg, config.input
     self.predict_fn, self.sharding = predict_fn, parallel.batch_sharding(mesh)
     self.pp = cfg.pp or config.input.pp_eval
-    # Fail now, not at the first evaluation, if the split is missing.
-    data.get_source(self.input.dataset, cfg.split, self.input.data_dir)
+    self.classes = models.label_classes(config)
+    data.check_split(self.input, cfg.split, self.pp, self.classes)   # fail now, not at the first evaluation
 
   def outputs(self, state):
     """Per-prediction outputs of the whole split, on every host: dict of flat numpy arrays."""
     batches = data.eval_batches(self.input, self.cfg.split, self.pp, self.cfg.batch_size,
-                                jax.process_index(), jax.process_count())
+                                jax.process_index(), jax.process_count(), self.classes)
     cat = evals.collect(self.predict_fn, state, batches, self.sharding)
     mask = cat.pop('_mask')
     weight = cat.pop('weight', np.ones_like(mask))

@@ -4,6 +4,7 @@ import numpy as np
 
 from ftjax import data
 from ftjax.data.text import as_text
+from ftjax.errors import UserError
 
 
 class Evaluator:
@@ -14,7 +15,12 @@ class Evaluator:
   def _texts(self, split):
     src = data.get_source(self.input.dataset, split, self.input.data_dir)
     rows = [src[i] for i in range(len(src))]
-    return [as_text(r[self.input.text_field]) for r in rows], np.array([int(r['label']) for r in rows])
+    try:
+      return [as_text(r[self.input.text_field]) for r in rows], np.array([int(r['label']) for r in rows])
+    except (KeyError, ValueError, TypeError) as e:
+      raise UserError(f'evals.{self.name} (tfidf): dataset {self.input.dataset!r} split {split!r} needs a text '
+                      f'field input.text_field={self.input.text_field!r} and integer labels ({type(e).__name__}: '
+                      f'{e})') from None
 
   def __call__(self, state) -> dict:
     if self._result is None:

@@ -58,3 +58,18 @@ def vocab_size(cfg) -> int | None:
   kwargs.pop('lora', None)
   fn = getattr(get_module(kwargs.pop('name')), 'vocab_size', None)
   return fn(kwargs) if fn else None
+
+
+def label_classes(config) -> tuple[int, str] | None:
+  """(number of classes, the config key that sets it) that a classification run's integer labels must
+  lie under; None when the task or the model has no class head."""
+  if config.task.name != 'classification':
+    return None
+  m = config.model
+  if m.get('num_classes'):
+    n, key = m.num_classes, 'model.num_classes'
+  elif m.get('head') == 'classification':
+    n, key = m.get('num_labels', 2), 'model.num_labels'     # BERT's default
+  else:
+    return None
+  return (n, key) if n > 1 else None      # num_labels=1: regression
