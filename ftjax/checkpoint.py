@@ -182,7 +182,7 @@ def find_step_dir(source: str) -> str | None:
     d = os.path.join(src, sub) if sub else src
     if os.path.isdir(os.path.join(d, 'state')):
       return d
-    steps = sorted((int(n) for n in os.listdir(d) if n.isdigit()), reverse=True) if os.path.isdir(d) else []
+    steps = _step_dirs(d)
     if steps:
       return os.path.join(d, str(steps[0]))
   return None

@@ -234,17 +234,22 @@ BAD_BERT = {
 DROP = object()
 
 
+def _with_field(tmp_path, src, field, value):
+  """A copy of model directory `src` whose config.json has `field` set to `value` (or dropped)."""
+  cfg = json.loads(_read(os.path.join(src, 'config.json')))
+  if value is DROP:
+    del cfg[field]
+  else:
+    cfg[field] = value
+  return _copy(tmp_path, src, config_json=_json_bytes(cfg))
+
+
 @FUZZ
 @given(change=st.one_of(st.tuples(st.sampled_from(bert.REQUIRED_IN_FILE), st.just(DROP)),
                         st.sampled_from(sorted(BAD_BERT)).flatmap(lambda k: st.tuples(st.just(k), BAD_BERT[k]))))
 def test_bert_config_fields_missing_or_mistyped(files, tmp_path, change):
   field, value = change
-  cfg = json.loads(_read(os.path.join(files['bert'], 'config.json')))
-  if value is DROP:
-    del cfg[field]
-  else:
-    cfg[field] = value
-  d = _copy(tmp_path, files['bert'], config_json=_json_bytes(cfg))
+  d = _with_field(tmp_path, files['bert'], field, value)
   _user_error(lambda: _pretrained(d), os.path.join(d, 'config.json'), field)
 
 
@@ -275,12 +280,7 @@ BAD_RESNET = {
                         st.sampled_from(sorted(BAD_RESNET)).flatmap(lambda k: st.tuples(st.just(k), BAD_RESNET[k]))))
 def test_resnet_config_fields_missing_or_mistyped(files, tmp_path, change):
   field, value = change
-  cfg = json.loads(_read(os.path.join(files['resnet'], 'config.json')))
-  if value is DROP:
-    del cfg[field]
-  else:
-    cfg[field] = value
-  d = _copy(tmp_path, files['resnet'], config_json=_json_bytes(cfg))
+  d = _with_field(tmp_path, files['resnet'], field, value)
   _user_error(lambda: resnet.build({'config': d}, nnx.Rngs(0)), os.path.join(d, 'config.json'), field)
 
 
