@@ -114,17 +114,21 @@ def test_truncated_safetensors(files, tmp_path, data):
   _user_error(lambda: hf.load_state_dict(d), os.path.join(d, 'model.safetensors'))
 
 
+def _flipped(data, raw: bytes, lo: int = 0, hi: int | None = None) -> bytes:
+  """`raw` with 1-3 bytes in [lo, hi) XOR-ed by drawn non-zero masks."""
+  out = bytearray(raw)
+  for pos, x in data.draw(st.lists(st.tuples(st.integers(lo, (len(raw) if hi is None else hi) - 1),
+                                             st.integers(1, 255)), min_size=1, max_size=3), label='flips'):
+    out[pos] ^= x
+  return bytes(out)
+
+
 @FUZZ
 @given(data=st.data())
 def test_safetensors_header_byte_flips(files, tmp_path, data):
   full = _read(os.path.join(files['bert'], 'model.safetensors'))
   (n,) = struct.unpack('<Q', full[:8])
-  flips = data.draw(st.lists(st.tuples(st.integers(8, 8 + n - 1), st.integers(1, 255)), min_size=1, max_size=3),
-                    label='flips')
-  damaged = bytearray(full)
-  for pos, x in flips:
-    damaged[pos] ^= x
-  d = _copy(tmp_path, files['bert'], model_safetensors=bytes(damaged))
+  d = _copy(tmp_path, files['bert'], model_safetensors=_flipped(data, full, 8, 8 + n))
   # A flip inside a tensor name or the metadata can leave a valid file (a renamed tensor is then
   # reported as freshly initialised): a result or a UserError, never another exception.
   _valid_or_user_error(lambda: _pretrained(d), d)
@@ -256,11 +260,8 @@ def test_bert_config_fields_missing_or_mistyped(files, tmp_path, change):
 @FUZZ
 @given(data=st.data())
 def test_bert_config_byte_flips(files, tmp_path, data):
-  full = bytearray(_read(os.path.join(files['bert'], 'config.json')))
-  for pos, x in data.draw(st.lists(st.tuples(st.integers(0, len(full) - 1), st.integers(1, 255)), min_size=1,
-                                   max_size=3), label='flips'):
-    full[pos] ^= x
-  d = _copy(tmp_path, files['bert'], config_json=bytes(full))
+  full = _read(os.path.join(files['bert'], 'config.json'))
+  d = _copy(tmp_path, files['bert'], config_json=_flipped(data, full))
   # A flipped digit or letter inside a value can leave valid JSON and a valid config.
   _valid_or_user_error(lambda: bert.vocab_size({'config': d}), os.path.join(d, 'config.json'))
 
@@ -297,11 +298,8 @@ def test_truncated_tokenizer_json(files, tmp_path, data):
 @FUZZ
 @given(data=st.data())
 def test_tokenizer_json_byte_flips(files, tmp_path, data):
-  full = bytearray(_read(os.path.join(files['tok'], 'tokenizer.json')))
-  for pos, x in data.draw(st.lists(st.tuples(st.integers(0, len(full) - 1), st.integers(1, 255)), min_size=1,
-                                   max_size=3), label='flips'):
-    full[pos] ^= x
-  d = _copy(tmp_path, files['tok'], tokenizer_json=bytes(full))
+  full = _read(os.path.join(files['tok'], 'tokenizer.json'))
+  d = _copy(tmp_path, files['tok'], tokenizer_json=_flipped(data, full))
   # A flip inside a token string leaves a valid (different) tokenizer: a result or a UserError.
   _valid_or_user_error(lambda: text.load_tokenizer(d), d)
 
