@@ -59,6 +59,7 @@ def get_config(arg=None):
   c.evaluate_only = ('digits_random',)
   c.report = ConfigDict(dict(
       title='Pretrained vs from scratch, same fine-tuning budget (test accuracy)',
+      variants=('scratch', 'pretrained', 'minilm'), baseline='scratch', compare=('pretrained',), difference='points',
       rows=[('digits', 'scratch', 'digits_scratch', 'test/accuracy'),
             ('digits', 'pretrained', 'digits_pretrained', 'test/accuracy'),
             ('sentiment text', 'scratch', 'sentiment_scratch', 'test/accuracy'),
@@ -74,5 +75,5 @@ def get_config(arg=None):
               ('text MLM: validation masked-token accuracy', 'text_mlm', 'eval/accuracy')],
       curves={'digits': ['digits_scratch', 'digits_pretrained'],
               'sentiment text': ['sentiment_scratch', 'sentiment_pretrained', 'sentiment_minilm']},
-      eval_key='eval/accuracy'))
+      eval_key='eval/accuracy', metric_label='test accuracy'))
   return c
