@@ -1,6 +1,8 @@
 """Data: the embedded digits splits, deterministic and resumable pipelines, per-process shards,
 eval coverage, local .npz / image-folder sources, image ops."""
 import hashlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -123,6 +125,14 @@ def test_synthetic_source_is_deterministic():
   np.testing.assert_array_equal(a[3]['image'], b[3]['image'])
   assert not np.array_equal(a[3]['image'], v[3]['image'])
   assert a[3]['image'].shape == (8, 8, 3)
+
+
+def test_importing_the_package_registers_every_op():
+  """ops.py is a leaf registry: image_ops and text_ops fill it on `import ftjax.data`, not at the first parse."""
+  out = subprocess.run([sys.executable, '-c', 'import ftjax.data.ops as o; import ftjax.data; print(sorted(o.OPS))'],
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == str(['central_crop', 'flip_lr', 'inception_crop', 'label', 'mlm_mask', 'normalize',
+                             'random_crop', 'resize', 'resize_small', 'tokenize'])
 
 
 def test_image_ops():

@@ -21,8 +21,8 @@ from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftjax import hf
-from ftjax.data import text
+from ftjax import hf, hub
+from ftjax.data import tokenizers
 from ftjax.errors import UserError
 from ftjax.models import bert, resnet
 
@@ -47,15 +47,15 @@ def files(tmp_path_factory):
   hf.save_pretrained(model, str(root / 'bert'))
   (root / 'bin').mkdir()
   shutil.copy(root / 'bert' / 'config.json', root / 'bin' / 'config.json')
-  torch.save({k: torch.from_numpy(np.array(v)) for k, v in hf.load_state_dict(str(root / 'bert')).items()},
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in hub.load_state_dict(str(root / 'bert')).items()},
              str(root / 'bin' / 'pytorch_model.bin'))
-  text.train_wordpiece(SENTENCES, 100, str(root / 'tok'))
+  tokenizers.train_wordpiece(SENTENCES, 100, str(root / 'tok'))
   (root / 'resnet').mkdir()
   json.dump(dict(model_type='resnet', num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 32, 64],
                  depths=[1, 1, 1, 1], layer_type='basic', hidden_act='relu', downsample_in_first_stage=False,
                  downsample_in_bottleneck=False, architectures=['ResNetModel']),
             open(root / 'resnet' / 'config.json', 'w'))
-  resnet.from_hf_config(hf.read_config(str(root / 'resnet')))        # valid as written
+  resnet.from_hf_config(hub.read_config(str(root / 'resnet')))        # valid as written
   return {k: str(root / k) for k in ('bert', 'bin', 'tok', 'resnet')}
 
 
@@ -111,7 +111,7 @@ def test_truncated_safetensors(files, tmp_path, data):
   cut = data.draw(st.integers(1, len(full) - 1), label='cut')     # the header's offsets no longer fit
   d = _copy(tmp_path, files['bert'], model_safetensors=full[:cut])
   _user_error(lambda: _pretrained(d), os.path.join(d, 'model.safetensors'))
-  _user_error(lambda: hf.load_state_dict(d), os.path.join(d, 'model.safetensors'))
+  _user_error(lambda: hub.load_state_dict(d), os.path.join(d, 'model.safetensors'))
 
 
 def _flipped(data, raw: bytes, lo: int = 0, hi: int | None = None) -> bytes:
@@ -164,7 +164,7 @@ def test_pytorch_bin_with_non_tensor_entries(files, tmp_path, data):
 def test_pytorch_bin_that_is_not_a_dict(files, tmp_path, content):
   d = _copy(tmp_path, files['bin'], only=['config.json'])
   torch.save(content, os.path.join(d, 'pytorch_model.bin'))
-  _user_error(lambda: hf.load_state_dict(d), os.path.join(d, 'pytorch_model.bin'), 'not a dict')
+  _user_error(lambda: hub.load_state_dict(d), os.path.join(d, 'pytorch_model.bin'), 'not a dict')
 
 
 class _Opaque:
@@ -174,7 +174,7 @@ class _Opaque:
 def test_pytorch_bin_with_pickled_objects_is_refused(files, tmp_path):
   d = _copy(tmp_path, files['bin'], only=['config.json'])
   torch.save({'x': _Opaque()}, os.path.join(d, 'pytorch_model.bin'))
-  _user_error(lambda: hf.load_state_dict(d), os.path.join(d, 'pytorch_model.bin'), 'weights_only=True')
+  _user_error(lambda: hub.load_state_dict(d), os.path.join(d, 'pytorch_model.bin'), 'weights_only=True')
 
 
 @pytest.mark.parametrize('kind,name', [('bert', 'model.safetensors'), ('bin', 'pytorch_model.bin'),
@@ -182,7 +182,7 @@ def test_pytorch_bin_with_pickled_objects_is_refused(files, tmp_path):
 def test_empty_files(files, tmp_path, kind, name):
   only = ['vocab.txt'] if name == 'vocab.txt' else None      # tokenizer.json would be read first
   d = _copy(tmp_path, files[kind], only=only, **{name.replace('.', '_'): b''})
-  load = text.load_tokenizer if kind == 'tok' else _pretrained
+  load = tokenizers.load_tokenizer if kind == 'tok' else _pretrained
   assert 'empty' in _user_error(lambda: load(d), os.path.join(d, name))
 
 
@@ -197,7 +197,7 @@ def test_truncated_config_json(files, tmp_path, data):
   full = _read(os.path.join(files['bert'], 'config.json'))
   cut = data.draw(st.integers(1, full.rindex(b'}')), label='cut')    # the closing brace is always lost
   d = _copy(tmp_path, files['bert'], config_json=full[:cut])
-  msg = _user_error(lambda: hf.read_config(d), os.path.join(d, 'config.json'))
+  msg = _user_error(lambda: hub.read_config(d), os.path.join(d, 'config.json'))
   assert 'not valid JSON' in msg and 'line ' in msg and 'column ' in msg
   _user_error(lambda: _pretrained(d), os.path.join(d, 'config.json'))
 
@@ -207,7 +207,7 @@ def test_truncated_config_json(files, tmp_path, data):
                      st.text(max_size=5), st.booleans(), st.none()))
 def test_config_json_whose_top_level_is_not_an_object(files, tmp_path, top):
   d = _copy(tmp_path, files['bert'], config_json=_json_bytes(top))
-  assert 'not an object' in _user_error(lambda: hf.read_config(d), os.path.join(d, 'config.json'))
+  assert 'not an object' in _user_error(lambda: hub.read_config(d), os.path.join(d, 'config.json'))
 
 
 @FUZZ
@@ -215,7 +215,7 @@ def test_config_json_whose_top_level_is_not_an_object(files, tmp_path, top):
 def test_config_json_not_in_utf8(files, tmp_path, encoding):
   cfg = {**json.loads(_read(os.path.join(files['bert'], 'config.json'))), 'note': 'café'}  # é: never UTF-8 here
   d = _copy(tmp_path, files['bert'], config_json=_json_bytes(cfg, encoding))
-  assert 'UTF-8' in _user_error(lambda: hf.read_config(d), os.path.join(d, 'config.json'))
+  assert 'UTF-8' in _user_error(lambda: hub.read_config(d), os.path.join(d, 'config.json'))
 
 
 def _bad_int(low):
@@ -292,7 +292,7 @@ def test_truncated_tokenizer_json(files, tmp_path, data):
   full = _read(os.path.join(files['tok'], 'tokenizer.json'))
   cut = data.draw(st.integers(1, full.rindex(b'}')), label='cut')
   d = _copy(tmp_path, files['tok'], tokenizer_json=full[:cut])
-  _user_error(lambda: text.load_tokenizer(d), os.path.join(d, 'tokenizer.json'))
+  _user_error(lambda: tokenizers.load_tokenizer(d), os.path.join(d, 'tokenizer.json'))
 
 
 @FUZZ
@@ -301,7 +301,7 @@ def test_tokenizer_json_byte_flips(files, tmp_path, data):
   full = _read(os.path.join(files['tok'], 'tokenizer.json'))
   d = _copy(tmp_path, files['tok'], tokenizer_json=_flipped(data, full))
   # A flip inside a token string leaves a valid (different) tokenizer: a result or a UserError.
-  _valid_or_user_error(lambda: text.load_tokenizer(d), d)
+  _valid_or_user_error(lambda: tokenizers.load_tokenizer(d), d)
 
 
 @FUZZ
@@ -316,11 +316,11 @@ def test_tokenizer_files_not_in_utf8(files, tmp_path, encoding, kind):
   else:
     content += 'café\n'
   d = _copy(tmp_path, files['tok'], only=[name], **{name.replace('.', '_'): content.encode(encoding)})
-  assert 'UTF-8' in _user_error(lambda: text.load_tokenizer(d), os.path.join(d, name))
+  assert 'UTF-8' in _user_error(lambda: tokenizers.load_tokenizer(d), os.path.join(d, name))
 
 
 def test_tokenizer_directory_without_files(tmp_path):
-  _user_error(lambda: text.load_tokenizer(str(tmp_path)), str(tmp_path))
+  _user_error(lambda: tokenizers.load_tokenizer(str(tmp_path)), str(tmp_path))
 
 
 # ---- a loaded model is ready for inference ------------------------------------------------------

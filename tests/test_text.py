@@ -1,5 +1,5 @@
 """Text data: masking statistics and determinism, packing within documents, corpus edge cases,
-tokenizer / model vocabulary checks."""
+tokenizer / model vocabulary checks, the vocabulary command line."""
 import json
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from ftjax import data
-from ftjax.data import text
+from ftjax.data import packing, text, text_ops, tokenizers
 from ftjax.errors import UserError
 
 CORPUS = ['the cat sat on the mat . ' * 3, 'a dog ran in the park and the dog barked loudly', '',
@@ -16,19 +16,20 @@ CORPUS = ['the cat sat on the mat . ' * 3, 'a dog ran in the park and the dog ba
 
 @pytest.fixture(scope='module')
 def tok(tmp_path_factory):
-  return text.train_wordpiece(CORPUS * 20, 120, str(tmp_path_factory.mktemp('tok')))
+  return tokenizers.train_wordpiece(CORPUS * 20, 120, str(tmp_path_factory.mktemp('tok')))
 
 
 def test_masking_rate_and_80_10_10(tok):
-  sp = text.special_ids(tok)
+  sp = tokenizers.special_ids(tok)
   rng = np.random.default_rng(0)
   vocab = 1000
   n_seq, L = 400, 128
   counts = dict(chosen=0, candidates=0, mask=0, same=0, other=0)
   for _ in range(n_seq):
-    ids = rng.integers(len(text.SPECIALS), vocab, L)
+    ids = rng.integers(len(tokenizers.SPECIALS), vocab, L)
     ids[0], ids[100], ids[101:] = sp['[CLS]'], sp['[SEP]'], sp['[PAD]']
-    masked, pos, labels, w = text.mask_tokens(ids, rng, vocab_size=vocab, special=sp, rate=0.15, max_predictions=40)
+    masked, pos, labels, w = text_ops.mask_tokens(ids, rng, vocab_size=vocab, special=sp, rate=0.15,
+                                                  max_predictions=40)
     chosen = pos[w > 0]
     assert not np.isin(ids[chosen], list(sp.values())).any()          # never a special token or padding
     np.testing.assert_array_equal(labels[w > 0], ids[chosen])
@@ -48,10 +49,10 @@ def test_masking_rate_and_80_10_10(tok):
 
 
 def test_same_seed_same_masks_and_whole_words(tok):
-  sp = text.special_ids(tok)
+  sp = tokenizers.special_ids(tok)
   ids = np.asarray(tok.encode('[CLS] functions return values ; classes define objects [SEP]').ids)
-  a = text.mask_tokens(ids, np.random.default_rng(5), vocab_size=120, special=sp)
-  b = text.mask_tokens(ids, np.random.default_rng(5), vocab_size=120, special=sp)
+  a = text_ops.mask_tokens(ids, np.random.default_rng(5), vocab_size=120, special=sp)
+  b = text_ops.mask_tokens(ids, np.random.default_rng(5), vocab_size=120, special=sp)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
   vocab = tok.get_vocab()
@@ -60,8 +61,8 @@ def test_same_seed_same_masks_and_whole_words(tok):
     cont[i] = piece.startswith('##')
   long_ids = np.asarray(tok.encode(' '.join(['classes define objects'] * 10)).ids)
   for seed in range(20):
-    _, pos, _, w = text.mask_tokens(long_ids, np.random.default_rng(seed), vocab_size=120, special=sp,
-                                    rate=0.3, whole_word=cont[long_ids])
+    _, pos, _, w = text_ops.mask_tokens(long_ids, np.random.default_rng(seed), vocab_size=120, special=sp,
+                                        rate=0.3, whole_word=cont[long_ids])
     chosen = set(pos[w > 0].tolist())
     for p in chosen:                  # a chosen continuation piece's whole word is chosen
       if cont[long_ids[p]]:
@@ -70,16 +71,16 @@ def test_same_seed_same_masks_and_whole_words(tok):
 
 def test_packing_never_spans_documents(tok):
   docs = ['alpha ' * 50, 'beta ' * 7, '', 'gamma ' * 20]
-  t = text.train_wordpiece(docs * 5, 60, '/tmp/ftjax-pack-tok')
-  packed = text.pack_documents(docs, t, max_len=16)
-  sp = text.special_ids(t)
+  t = tokenizers.train_wordpiece(docs * 5, 60, '/tmp/ftjax-pack-tok')
+  packed = packing.pack_documents(docs, t, max_len=16)
+  sp = tokenizers.special_ids(t)
   words = {t.token_to_id(w) for w in ('alpha', 'beta', 'gamma')}
   for row in packed['input_ids']:
     body = [x for x in row if x not in sp.values()]
     assert row[0] == sp['[CLS]'] and sp['[SEP]'] in row
     assert len(set(body) & words) == 1                    # one document per sequence
   assert len(packed['input_ids']) == 4 + 1 + 2            # 50/14 -> 4, 7 -> 1, 20 -> 2 chunks
-  nsp = text.pack_documents(docs * 3, t, max_len=16, nsp=True, seed=0)
+  nsp = packing.pack_documents(docs * 3, t, max_len=16, nsp=True, seed=0)
   assert set(np.unique(nsp['next_sentence_label'])) == {0, 1}
   assert (nsp['token_type_ids'].max(axis=1) == 1).all()
 
@@ -95,7 +96,7 @@ def test_corpus_files_with_bad_bytes_empty_and_long_lines(tmp_path, tok):
   cfg = ConfigDict(dict(dataset=str(path), data_dir='', train_split='train', batch_size=4, tokenizer='',
                         pp_train='', pp_eval='', num_threads=1, prefetch=1, text_field='text', max_len=32,
                         pack=True, nsp=False))
-  packed = text.pack_documents([src[i]['text'] for i in range(3)], tok, 32)
+  packed = packing.pack_documents([src[i]['text'] for i in range(3)], tok, 32)
   assert packed['input_ids'].shape[1] == 32 and len(packed['input_ids']) > 60   # the long line is chunked
   (tmp_path / 'bad.jsonl').write_text('{"text": "ok"}\n{not json}\n')
   with pytest.raises(UserError, match='bad.jsonl:2: not valid JSON'):
@@ -129,10 +130,21 @@ def test_train_pipeline_masks_anew_each_epoch_deterministically(tmp_path, tok):
   assert any(len(v) > 1 for v in seqs.values())
 
 
+def test_vocabulary_command_line(tmp_path, capsys):
+  """`python -m ftjax.data.text` on a named field of a local file; a missing field is one error line."""
+  path = tmp_path / 'c.jsonl'
+  path.write_text(''.join(json.dumps({'body': d}) + '\n' for d in CORPUS if d))
+  text.main([f'--corpus={path}', '--text_field=body', '--vocab_size=60', f'--out={tmp_path / "vocab"}'])
+  assert 'WordPiece vocabulary' in capsys.readouterr().out
+  assert 0 < tokenizers.load_tokenizer(str(tmp_path / 'vocab')).get_vocab_size() <= 60
+  with pytest.raises(SystemExit, match=r"ftjax: error: .*c.jsonl: no field 'text' \(it has 'body'\)"):
+    text.main([f'--corpus={path}', '--vocab_size=60', f'--out={tmp_path / "other"}'])
+
+
 def test_tokenizer_model_vocab_mismatch(tok):
-  text.check_vocab(tok, 30522, 'x')
+  tokenizers.check_vocab(tok, 30522, 'x')
   with pytest.raises(UserError, match=f'the tokenizer has {tok.get_vocab_size()} tokens but the model'):
-    text.check_vocab(tok, 100, 'input.tokenizer')
+    tokenizers.check_vocab(tok, 100, 'input.tokenizer')
 
 
 def test_local_csv_with_named_columns_and_string_labels(tmp_path, tok):

@@ -3,10 +3,12 @@
 An op factory takes literal arguments and returns fn(example, rng) -> example. Random ops draw from
 the per-example numpy Generator that grain derives from (seed, index), so every epoch is
 reproducible and resumable. Factories that declare a `tok` argument get the run's tokenizer.
+A leaf: image_ops.py and text_ops.py register their ops here when imported, and pipeline.py imports
+them, so OPS is complete once `ftjax.data` is.
 """
-import ast
 import inspect
 
+from ftjax.data.calls import parse_call
 from ftjax.errors import UserError
 
 OPS = {}
@@ -17,24 +19,9 @@ def register(fn):
   return fn
 
 
-def parse_call(text):
-  try:
-    node = ast.parse(text.strip(), mode='eval').body
-    if isinstance(node, ast.Name):
-      return node.id, (), {}
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-      args = tuple(ast.literal_eval(a) for a in node.args)
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-      return node.func.id, args, kwargs
-  except (SyntaxError, ValueError):
-    pass
-  raise UserError(f'cannot parse op {text!r}: expected name or name(literal args)')
-
-
 def parse(spec: str, **context):
   """'a(1)|b' -> one function (example, rng) -> example. Empty spec: identity. `context` supplies
   arguments such as the tokenizer (`tok`) to the factories that declare them."""
-  from ftjax.data import image_ops, text  # noqa: F401  (they register their ops)
   fns = []
   for part in filter(None, (p.strip() for p in (spec or '').split('|'))):
     name, args, kwargs = parse_call(part)
@@ -52,4 +39,3 @@ def parse(spec: str, **context):
       ex = f(ex, rng)
     return ex
   return apply
-

@@ -1,7 +1,9 @@
-"""Random-access sources: TFDS (array_record), local .npz, image folders, generated data.
+"""Stage 1, sources: TFDS (array_record, the embedded builders digits.py / pydoc.py / sentiment.py
+included), local .npz, image folders, .txt / .jsonl / .csv, generated data; split slices.
 
-A source has `len()` and `[i] -> {'image': uint8 HxWxC, 'label': int}`; grain does the rest.
-Every failure to find or read data is a UserError that names the dataset and how to fix it.
+A source has `len()` and `[i] -> example dict` ({'image': uint8 HxWxC, 'label': int}, or text
+fields); grain does the rest. Every failure to find or read data is a UserError that names the
+dataset and how to fix it.
 """
 import contextlib
 import fcntl
@@ -11,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from ftjax.data import ops
+from ftjax.data.calls import parse_call
 from ftjax.errors import UserError
 
 EMBEDDED = ('ftjax_digits', 'ftjax_pydoc', 'ftjax_sentiment')   # TFDS builders of ours, built on first use
@@ -165,6 +167,11 @@ class ListSource:
     return self.rows[i]
 
 
+def as_text(x) -> str:
+  """TFDS Text features arrive as bytes; invalid UTF-8 is replaced, never fatal."""
+  return x.decode('utf-8', errors='replace') if isinstance(x, (bytes, np.bytes_)) else str(x)
+
+
 def synthetic(n=256, size=32, channels=3, classes=10, seed=0):
   """Generated images whose class sets the position of a bright band: learnable, no files."""
   rng = np.random.default_rng(seed)
@@ -185,7 +192,7 @@ def synthetic_text(n=256, classes=2, pair=False, seed=0):
   rows = []
   for i in range(n):
     label = i % classes
-    def sentence():
+    def sentence(label=label):
       words = list(rng.choice(common, 8)) + [topical[label * 5 + k] for k in rng.integers(0, 5, 3)]
       return ' '.join(rng.permutation(words))
     row = {'text': sentence(), 'label': label}
@@ -196,10 +203,11 @@ def synthetic_text(n=256, classes=2, pair=False, seed=0):
 
 
 @contextlib.contextmanager
-def _lock(path):
+def lock(path):
+  """Exclusive file lock: one process builds a shared artefact (dataset, vocabulary), the others wait."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:
-    fcntl.flock(f, fcntl.LOCK_EX)   # one process builds, the others wait and then read
+    fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
     finally:
@@ -217,7 +225,7 @@ def _tfds_source(name, split, data_dir):
                     f'({type(e).__name__}: {str(e).splitlines()[0]})') from None
   if not builder.is_prepared():
     if name in EMBEDDED:
-      with _lock(os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), f'.{name}.lock')):
+      with lock(os.path.join(os.path.dirname(os.path.dirname(builder.data_dir)), f'.{name}.lock')):
         builder = tfds.builder(name, data_dir=data_dir)
         if not builder.is_prepared():
           print(f'building the embedded dataset {name} in {builder.data_dir} (once)', flush=True)
@@ -245,7 +253,7 @@ def get_source(dataset: str, split: str, data_dir: str = ''):
   if not m:
     raise UserError(f'bad split {split!r}: expected NAME or NAME[lo:hi] (ints or percents)')
   if dataset.startswith('synthetic'):
-    name, args, kwargs = ops.parse_call(dataset)
+    name, args, kwargs = parse_call(dataset)
     gen = {'synthetic': synthetic, 'synthetic_text': synthetic_text}.get(name)
     if gen is None:
       raise UserError(f'dataset {dataset!r}: choose synthetic(...) or synthetic_text(...)')

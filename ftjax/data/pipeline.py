@@ -1,0 +1,138 @@
+"""The input pipeline: the one module that calls the stages, in this order (train_iterator,
+check_split and eval_batches alike):
+
+1. tokenizers.tokenizer: input.tokenizer loaded, or trained once on the train split (read with sources);
+2. `_source`: the split from sources.get_source, or with input.pack from packing.packed, which reads it
+   the same way and packs its documents into fixed-length sequences once per process;
+3. ops.parse: the per-example ops of pp_train / pp_eval (registered by image_ops and text_ops, imported
+   here), every example checked as it is made (`_examples`);
+4. grain. Train: this process's shard -> shuffle (reshuffled every epoch) -> repeat -> per-example
+   ops with a (seed, index) rng -> batch. The iterator's state is one integer, saved with checkpoints,
+   so a resumed run sees exactly the batches an uninterrupted run would have.
+   Eval: every example exactly once, the last batch padded and masked (`_mask`), the same number of
+   batches on every process.
+"""
+import math
+
+import grain
+import numpy as np
+
+from ftjax.data import image_ops, ops, packing, sources, text_ops, tokenizers  # noqa: F401  (*_ops register ops)
+from ftjax.errors import UserError
+
+
+def local_batch_size(global_batch, process_count, what='input.batch_size'):
+  if global_batch % process_count:
+    raise UserError(f'{what}={global_batch} is not divisible by the {process_count} processes')
+  return global_batch // process_count
+
+
+def _source(cfg, split, tok):
+  """Step 2: the split's examples, or with input.pack its packed sequences."""
+  if not cfg.get('pack'):
+    return sources.get_source(cfg.dataset, split, cfg.data_dir)
+  if tok is None:
+    raise UserError('input.pack needs input.tokenizer')
+  return packing.packed(cfg.dataset, split, cfg.data_dir, cfg.text_field, cfg.max_len, cfg.nsp, tok)
+
+
+def _examples(src, pp, seed, where, classes=None):
+  """(grain dataset over src, dataset -> preprocessed dataset). Every example is checked as it is
+  made (fields present, labels within `classes` = (count, config key)); example 0 and the label
+  column, where the source has one, are checked now, before any compute."""
+  column = getattr(src, 'label_column', lambda: None)()
+  if column is not None and len(column):
+    _check_labels(np.asarray(column), where, classes)
+
+  def fn(ex, rng):
+    try:
+      out = pp(ex, rng)
+    except KeyError as e:
+      have = ', '.join(map(repr, sorted(ex))) if isinstance(ex, dict) else type(ex).__name__
+      raise UserError(f'{where}: an example has no field {e} (it has {have}); name the right fields in the config '
+                      '(input.text_field, the fields of the tokenize / label ops)') from None
+    except (TypeError, ValueError, AttributeError) as e:
+      raise UserError(f'{where}: cannot preprocess an example ({type(e).__name__}: {" ".join(str(e).split())[:200]})'
+                      ) from None
+    if classes and isinstance(out.get('label'), (str, bytes)):
+      raise UserError(f'{where}: label {out["label"]!r} is text; turn it into a class index with the label op, '
+                      'e.g. label("label", names=("negative", "positive")) in input.pp_train and pp_eval')
+    if 'label' in out:
+      _check_labels(np.asarray(out['label']), where, classes)
+    return _fix(out)
+
+  if len(src):
+    fn(src[0], np.random.default_rng(0))
+  return grain.MapDataset.source(src), lambda d: d.random_map(fn, seed=seed)
+
+
+def _check_labels(labels, where, classes):
+  if np.issubdtype(labels.dtype, np.integer):
+    if classes and labels.size and (labels.min() < 0 or labels.max() >= classes[0]):
+      n, key = classes
+      bad = labels.min() if labels.min() < 0 else labels.max()
+      raise UserError(f'{where}: label {bad} is outside 0..{n - 1} ({key}={n}); set {key} to the number of '
+                      'classes in the data, or fix the labels')
+  elif np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+    raise UserError(f'{where}: a label is {labels[~np.isfinite(labels)].ravel()[0]}; regression targets must be '
+                    'finite numbers')
+
+
+def _fix(ex):
+  """Only arrays reach the device: strings left over (raw text) are dropped; int labels are int32."""
+  ex = {k: v for k, v in ex.items() if not isinstance(v, (str, bytes, np.bytes_))}
+  if 'label' in ex and np.issubdtype(np.asarray(ex['label']).dtype, np.integer):
+    ex['label'] = np.int32(ex['label'])
+  return ex
+
+
+def train_iterator(cfg, seed, process_index=0, process_count=1, classes=None):
+  """Returns (grain iterator with get_state/set_state, number of train examples in all processes).
+  classes: (count, config key) that integer labels must lie under, or None."""
+  tok = tokenizers.tokenizer(cfg)
+  src = _source(cfg, cfg.train_split, tok)
+  bs = local_batch_size(cfg.batch_size, process_count)
+  if len(src) < cfg.batch_size:
+    raise UserError(f'train split {cfg.train_split!r} of {cfg.dataset!r} has {len(src)} examples, '
+                    f'fewer than the batch of {cfg.batch_size}')
+  ds, with_pp = _examples(src, ops.parse(cfg.pp_train, tok=tok), seed + 1,
+                          f'dataset {cfg.dataset!r} split {cfg.train_split!r}', classes)
+  ds = with_pp(ds.shuffle(seed=seed).repeat(None))
+  if process_count > 1:
+    # One global stream, whatever the process count: process p reads rows [p*bs, (p+1)*bs) of every
+    # global batch, so a run's data (and augmentation randomness) does not depend on how many
+    # processes share it, and a checkpoint resumes on another process count.
+    stream, gb = ds, cfg.batch_size
+    ds = grain.MapDataset.range(len(stream) // process_count).map(
+        lambda k: stream[(k // bs) * gb + process_index * bs + k % bs])
+  ds = ds.batch(bs, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch))
+  return iter(it), len(src)
+
+
+def check_split(cfg, split, pp_spec, classes=None):
+  """Fails now, not at the first evaluation, if the split is missing or its first example (or label
+  column) does not suit pp_spec and the model's classes."""
+  tok = tokenizers.tokenizer(cfg)
+  _examples(_source(cfg, split, tok), ops.parse(pp_spec, tok=tok), 0, f'dataset {cfg.dataset!r} split {split!r}',
+            classes)
+
+
+def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1, classes=None):
+  """Yields local batches with a float `_mask` (0 = padding). Same batch count on every process."""
+  tok = tokenizers.tokenizer(cfg)
+  src = _source(cfg, split, tok)
+  bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
+  ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0, f'dataset {cfg.dataset!r} split {split!r}', classes)
+  ds = with_pp(ds)
+  # Process p reads rows [p*bs, (p+1)*bs) of each global batch: the same examples, preprocessing
+  # randomness and order as one process would see.
+  for b in range(math.ceil(len(src) / batch_size)):
+    start = b * batch_size + process_index * bs
+    items = [ds[i] for i in range(start, min(start + bs, len(ds)))]
+    n = len(items)
+    template = items[0] if items else ds[0]
+    items += [template] * (bs - n)
+    batch = {k: np.stack([it[k] for it in items]) for k in template}
+    batch['_mask'] = (np.arange(bs) < n).astype(np.float32)
+    yield batch
