@@ -24,17 +24,19 @@ def _simulated_devices():
 
 def report(config) -> dict:
   import jax
-  from ftjax import data, parallel, train
+  from ftjax import data, defaults, parallel, train
+  config = defaults.complete(config)
   mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
-  _, _, _, abstract, shard, _, step, _ = train.build_step(config, mesh, max(config.total_steps, 2))
+  built = train.build_step(config, mesh, max(config.total_steps, 2))
+  abstract, shard = built.layout.abstract, built.layout.shardings
   batch_sharding = parallel.batch_sharding(mesh)
   it, _ = data.train_iterator(config.input, config.seed)
   local = next(it)
   batch = {k: jax.ShapeDtypeStruct((config.input.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sharding)
            for k, v in local.items()}
-  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shard)
-  with jax.set_mesh(mesh):
-    compiled = jax.jit(step, in_shardings=(shard, batch_sharding), out_shardings=(shard, None),
+  state = built.layout.targets()
+  with parallel.sharding(mesh, config.sharding_rules):
+    compiled = jax.jit(built.train_step, in_shardings=(shard, batch_sharding), out_shardings=(shard, None),
                        donate_argnums=0).lower(state, batch).compile()
   mem = compiled.memory_analysis()
   out = {'devices': mesh.size, 'mesh': dict(mesh.shape),
@@ -52,12 +54,12 @@ def report(config) -> dict:
 def main(argv):
   del argv
   from absl import flags
-  from ftjax import main as cli
+  from ftjax import cli
   from ftjax.errors import UserError
   try:
     r = report(flags.FLAGS.config)
   except UserError as e:
-    cli._fail(str(e))
+    cli.fail(str(e))
   mib = lambda b: f'{b / 2 ** 20:,.1f} MiB'
   print(f'train step compiled for {r["devices"]} devices, mesh {r["mesh"]}; per device:')
   for k in ('params', 'optimizer_state', 'model_state', 'arguments', 'outputs', 'temporaries', 'aliased'):
@@ -68,5 +70,6 @@ def main(argv):
 if __name__ == '__main__':
   _simulated_devices()
   from absl import app
-  from ftjax import main as cli
-  app.run(main, flags_parser=cli._parse)
+  from ftjax import cli
+  cli.define()
+  app.run(main, flags_parser=cli.parse)

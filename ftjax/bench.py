@@ -55,10 +55,11 @@ def ftjax_step(cfg):
   """(jitted train step with donated state, initial state) on one device."""
   import jax
   from ftjax import parallel, train
+  from ftjax import state as states
   mesh = parallel.make_mesh((1,), ('data',), jax.devices()[:1])
-  _, _, init, abstract, shard, _, step, _ = train.build_step(cfg, mesh, 1000)
-  state = train.initialize(init, shard)
-  jitted = jax.jit(step, donate_argnums=0)
+  built = train.build_step(cfg, mesh, 1000)
+  state, _ = states.start(cfg, built.layout)
+  jitted = jax.jit(built.train_step, donate_argnums=0)
   return jitted, state
 
 

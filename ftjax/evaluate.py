@@ -4,76 +4,75 @@
 
 The model is the latest checkpoint in DIR; with none there, config.init.source (pretrained weights),
 else a random initialisation (the baseline a probe should beat). Results are printed and written to
-DIR/evaluate.json as {"step", "source", "metrics"}.
+DIR/evaluate.json as {"step", "source", "metrics"}. The model is laid out as in training, by
+config.sharding_rules on config.mesh_axes, and a checkpoint is read straight into that layout without
+its optimizer state (ftjax/state.py): a model that only fits sharded is evaluated sharded.
 """
+import dataclasses
 import json
 import os
+from typing import Any
 
 import jax
-import jax.numpy as jnp
+
+from ftjax import cli
 from ftjax.errors import UserError
 
 
-def evaluate(config, workdir: str, only: str = '') -> dict:
-  import optax
-  from ftjax import checkpoint, parallel, tasks, train
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  step: int
+  source: str      # the checkpoint folder, init.source, or 'random initialisation'
+  metrics: dict
+  state: Any       # the evaluated state.TrainState, laid out on the mesh (no optimizer state)
+
+
+def evaluate(config, workdir: str, only: str = '') -> Evaluation:
+  from ftjax import checkpoint, defaults, parallel, tasks, train
+  from ftjax import state as states
   mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
   names = [n for n in only.split(',') if n] or list(config.evals)
   missing = sorted(set(names) - set(config.evals))
   if missing:
     raise UserError(f'--only: no evaluator {missing} in the config (it has {sorted(config.evals)})')
-  config = config.copy_and_resolve_references()
+  config = defaults.complete(config)       # a copy, with every key the family and evaluators read
   with config.unlocked():
     for n in list(config.evals):
       if n not in names:
         del config.evals[n]
   task = tasks.build(config.task)
-  _, g_eval = train.graphdefs(config.model)
-  # No optimizer: only parameters and model state are evaluated.
-  fresh = train.initialize(train.make_init(config.model, optax.identity(), config.seed), None)
+  layout = states.layout(config, mesh)      # no optimizer: only parameters and model state are evaluated
   latest = checkpoint.find_step_dir(os.path.join(workdir, 'checkpoints'))
-  if latest:
-    params, model_state, where = checkpoint.read_params(latest)
-    state = fresh.replace(step=jnp.asarray(int(os.path.basename(where))),
-                          params=checkpoint.merge_by_name(fresh.params, params, '', where)[0],
-                          model_state=checkpoint.merge_by_name(fresh.model_state, model_state, '', where)[0])
-  elif config.init.source:
-    where = config.init.source
-    state = train.load_pretrained(fresh, config.init, config.model, jax.tree.map(lambda _: None, fresh))
-  else:
-    where = 'random initialisation'
-    state = fresh
+  state, where = states.start(config, layout, step_dir=latest)
   print(f'evaluating {where}', flush=True)
-  sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
-  state = jax.device_put(state, sharding)
   metrics = {}
-  for name, ev in train.build_evaluators(config, g_eval, task, mesh, sharding).items():
+  for name, ev in train.build_evaluators(config, layout.graphdef_eval, task, mesh, layout.shardings).items():
     res = ev(state)
     print(f'  {name}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items()), flush=True)
     metrics.update(res)
-  out = {'step': int(state.step), 'source': where, 'metrics': metrics}
+  out = Evaluation(int(jax.device_get(state.step)), where, metrics, state)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'evaluate.json'), 'w') as f:
-      json.dump(out, f, indent=2)
+      json.dump({'step': out.step, 'source': out.source, 'metrics': out.metrics}, f, indent=2)
   return out
 
 
-def _cli():
+def _main():
   from absl import app, flags, logging
-  from ftjax import main as cli     # its --config and --workdir flags, parsing and error format
+  cli.define()
   flags.DEFINE_string('only', '', 'comma-separated evaluator names to run (default: all in the config)')
 
   def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
-    cli._enable_compilation_cache()
+    cli.enable_compilation_cache()
     try:
       evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.only)
     except UserError as e:
-      cli._fail(str(e))
-  app.run(main, flags_parser=cli._parse)
+      cli.fail(str(e))
+  app.run(main, flags_parser=cli.parse)
 
 
 if __name__ == '__main__':
-  _cli()
+  _main()

@@ -8,7 +8,7 @@ or is skipped when finished, so rerunning after a preemption continues where it 
 import os
 import time
 
-from ftjax import report, train
+from ftjax import defaults, report, train
 from ftjax.errors import UserError
 
 REFERENCES = (('init', 'source'), ('input', 'tokenizer'), ('model', 'config'))
@@ -32,6 +32,12 @@ def run(config, workdir: str) -> list[dict]:
   unknown = set(order) - set(config.runs.keys())
   if unknown:
     raise UserError(f'order names runs the experiment does not define: {sorted(unknown)}')
+  for name in order:          # every run's keys and the report's, before the first run trains
+    try:
+      defaults.complete(config.runs[name])
+    except UserError as e:
+      raise UserError(f'runs.{name}: {e}') from None
+  report.check(config.report, runs=config.runs.keys())
   os.makedirs(workdir, exist_ok=True)
   seconds, done, t0 = {}, set(), time.perf_counter()
   for i, name in enumerate(order):
@@ -43,9 +49,9 @@ def run(config, workdir: str) -> list[dict]:
       if not os.path.exists(os.path.join(sub, 'evaluate.json')):
         evaluate.evaluate(cfg, sub)
     else:
-      train.train_and_evaluate(cfg, sub)
-      if train.PREEMPTED:
-        print(f'stopped by {train.PREEMPTED}; rerun the same command to resume', flush=True)
+      result = train.train_and_evaluate(cfg, sub)
+      if result.stopped_by:
+        print(f'stopped by {result.stopped_by}; rerun the same command to resume', flush=True)
         return []
     seconds[name] = time.perf_counter() - t
     done.add(name)

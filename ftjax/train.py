@@ -1,43 +1,42 @@
 """THE trainer, for every model and task. Read it top to bottom:
 
-workdir -> mesh -> data -> model + optimizer (initialised under jit, straight into their shardings)
--> restore (latest checkpoint in the workdir, else fresh) -> loop: train step (jit, donated state),
-metrics, evaluators, best checkpoint, periodic checkpoint, SIGTERM/SIGINT -> save and exit 0.
+workdir -> mesh -> data -> model + optimizer -> state (ftjax/state.py: the latest checkpoint in the
+workdir, else init.source or a fresh init, straight into its shardings) -> loop: train step (jit,
+donated state), metrics, evaluators, best checkpoint, periodic checkpoint, SIGTERM/SIGINT -> save and
+exit 0. It returns a Result (the last metrics, the step reached, the signal that stopped it if one did).
 
-State is functional: the NNX model is split once into a graph definition and pure-dict parameters
-/ model state (BatchNorm statistics), which ride in TrainState with the optimizer state, the step
-and the RNG. Everything the next step depends on is in TrainState or the data iterator's state, so
-a resumed run is bit-identical to an uninterrupted one on the same machine.
+State is functional (state.TrainState: pure-dict parameters and model state, optimizer state, step,
+RNG). Everything the next step depends on is in TrainState or the data iterator's state, so a resumed
+run is bit-identical to an uninterrupted one on the same machine.
 """
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from ftjax import checkpoint, data, evals, metrics, models, optim, parallel, tasks
+from ftjax import checkpoint, data, defaults, evals, metrics, models, optim, parallel, tasks
+from ftjax import state as states
 from ftjax.errors import UserError
+# The state and its set-up live in ftjax/state.py; these names stay importable as train.X.
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any          # pure dict of nnx.Param values
-  model_state: Any     # pure dict of every other variable (BatchNorm statistics, ...)
-  opt_state: Any
-  rng: jax.Array       # raw uint32 key; step s uses fold_in(rng, s)
-
-
-PREEMPTED = None    # the signal that stopped the last train_and_evaluate, if one did
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """What train_and_evaluate did."""
+  metrics: dict             # the last metrics logged (training and evaluation)
+  step: int                 # the step the state reached
+  total_steps: int
+  stopped_by: str | None    # the signal that stopped the run before its end ('SIGTERM'); None when it finished
 
 
 class EvaluationInterrupted(BaseException):
@@ -111,55 +110,6 @@ def check_finite(values: dict, step: int, what: str):
 # ----------------------------------------------------------------------------------------------
 # Pieces, each usable on its own (tests build steps without running the loop).
 # ----------------------------------------------------------------------------------------------
-def graphdefs(model_cfg):
-  """(train-mode graphdef, eval-mode graphdef): the mode is static structure, not state."""
-  model = nnx.eval_shape(lambda: models.build(model_cfg, nnx.Rngs(0)))
-  model.train()
-  g_train = nnx.split(model, nnx.Param, ...)[0]
-  model.eval()
-  g_eval = nnx.split(model, nnx.Param, ...)[0]
-  return g_train, g_eval
-
-
-def make_init(model_cfg, tx, seed: int):
-  def init():
-    key = jax.random.PRNGKey(seed)
-    model = models.build(model_cfg, nnx.Rngs(jax.random.fold_in(key, 0)))
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
-                      opt_state=tx.init(params), rng=jax.random.fold_in(key, 1))
-  return init
-
-
-def initialize(init, shardings):
-  """Runs `init` under jit straight into `shardings`. It runs once, so on CPU it is compiled without
-  backend optimisation: the random-number code otherwise takes seconds to compile, even for tiny models."""
-  compiled = jax.jit(init, out_shardings=shardings).lower().compile(
-      compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
-  return compiled()
-
-
-def load_pretrained(state, cfg_init, model_cfg, mesh_sharding):
-  """Overwrites the freshly initialised state's parameters (and BatchNorm statistics) with those of
-  cfg_init.source, by name; names matching cfg_init.reinit keep their fresh values (head surgery)."""
-  from ftjax import hf
-  src = cfg_init.source
-  params, model_state = jax.device_get(state.params), jax.device_get(state.model_state)
-  if hf.is_hf_dir(src):
-    model_type = hf.read_config(src, expect=model_cfg.name)['model_type']
-    new, model_state, report = hf.convert_from_hf(hf.load_state_dict(src), params, model_state, source=src,
-                                                  model_type=model_type, reinit=cfg_init.reinit)
-    where = src
-  else:
-    src_params, src_state, where = checkpoint.read_params(src)
-    new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit, where)
-    model_state, _ = checkpoint.merge_by_name(model_state, src_state, cfg_init.reinit, where)
-  print(hf.describe(report, where), flush=True)
-  return state.replace(params=jax.device_put(new, mesh_sharding.params),
-                       model_state=jax.device_put(model_state, mesh_sharding.model_state))
-
-
 def _tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
@@ -222,20 +172,25 @@ def make_predict_step(graphdef_eval, task):
   return predict
 
 
-def build_step(config, mesh, total_steps: int):
-  """Task, optimizer, init function, abstract state, its shardings, the trainable mask, the train step
-  (not yet jitted) and the (train, eval) graphdefs: everything a step needs, for the trainer and ftjax.aot."""
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """Everything a train step needs, for the trainer, ftjax.aot and ftjax.bench."""
+  task: Any
+  tx: optax.GradientTransformation
+  layout: states.Layout             # init function, abstract state, its shardings, (train, eval) graphdefs
+  trainable: Callable | None        # params -> tree of bools (optim.trainable_fn); None: everything trains
+  train_step: Callable              # (state, batch) -> (state, metrics), not yet jitted
+
+
+def build_step(config, mesh, total_steps: int) -> Step:
   family = models.get_module(config.model.name)
   task = tasks.build(config.task)
-  tx, schedule = optim.build(config.optim, config.schedule, total_steps, layer_of=getattr(family, 'lr_layer', None))
-  g_train, g_eval = graphdefs(config.model)
-  init = make_init(config.model, tx, config.seed)
-  abstract = jax.eval_shape(init)
-  state_sharding = parallel.state_shardings(abstract, mesh, config.sharding_rules, getattr(family, 'logical_axes', None))
+  tx, schedule = optim.build(config.optim, config.schedule, total_steps, layer_of=family.lr_layer)
+  layout = states.layout(config, mesh, tx)
   trainable = optim.trainable_fn(config.optim)
-  step = make_train_step(g_train if config.task.train_mode else g_eval, task, tx, schedule,
-                         config.optim.accum_steps, trainable)
-  return task, tx, init, abstract, state_sharding, trainable, step, (g_train, g_eval)
+  step = make_train_step(layout.graphdef_train if config.task.train_mode else layout.graphdef_eval, task, tx,
+                         schedule, config.optim.accum_steps, trainable)
+  return Step(task, tx, layout, trainable, step)
 
 
 def make_embed_step(graphdef_eval, task):
@@ -294,10 +249,11 @@ def _count(tree):
 
 
 # ----------------------------------------------------------------------------------------------
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) the job in `workdir`; returns the last metrics logged."""
+def train_and_evaluate(config, workdir: str) -> Result:
+  """Runs (or resumes) the job in `workdir`: to its end, or to the step where a signal stopped it."""
   t_start = time.perf_counter()
   is_main = jax.process_index() == 0
+  config = defaults.complete(config)     # every key the family and evaluators read; unknown keys fail here
 
   # ---- Workdir: checked now, written only once the inputs and the starting state are known good ----
   _check_workdir(workdir)
@@ -320,46 +276,43 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise UserError(f'total_steps={total_steps}: set total_steps or num_epochs > 0')
 
   # ---- Model, task, optimizer -----------------------------------------------------------------
-  task, tx, init, abstract, state_sharding, trainable, step_fn, (_, g_eval) = build_step(config, mesh, total_steps)
-  train_step = jax.jit(step_fn, in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
-                       donate_argnums=0)
+  built = build_step(config, mesh, total_steps)
+  layout, abstract, trainable = built.layout, built.layout.abstract, built.trainable
+  train_step = jax.jit(built.train_step, in_shardings=(layout.shardings, data_sharding),
+                       out_shardings=(layout.shardings, None), donate_argnums=0)
   tok, vocab = data.tokenizer(config.input), models.vocab_size(config.model)
   if tok is not None and vocab:
-    from ftjax.data import text
-    text.check_vocab(tok, vocab, f'input.tokenizer={config.input.tokenizer!r}')
-  evaluators = build_evaluators(config, g_eval, task, mesh, state_sharding)
+    data.check_vocab(tok, vocab, f'input.tokenizer={config.input.tokenizer!r}')
+  evaluators = build_evaluators(config, layout.graphdef_eval, built.task, mesh, layout.shardings)
 
-  # ---- Restore (the newest checkpoint that restores) or initialise ------------------------------
-  ckpt = None
-  if checkpoint.has_checkpoints(workdir):
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
-    state, restored_step = ckpt.restore(checkpoint.abstract(abstract, state_sharding), train_iter.set_state)
-    print(f'resumed from {workdir}/checkpoints/{restored_step}', flush=True)
-  else:
-    state = initialize(init, state_sharding)
-    if config.init.source:
-      state = load_pretrained(state, config.init, config.model, state_sharding)
+  # ---- Restore (the newest checkpoint that restores), else init.source or a fresh init ------------
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint) if checkpoint.has_checkpoints(workdir) else None
+  state, _ = states.start(config, layout, ckpt, train_iter.set_state)
+  step = int(jax.device_get(state.step))
+  if ckpt:
+    print(f'resumed from {workdir}/checkpoints/{step}', flush=True)
   _prepare_workdir(workdir)
   if is_main:
     _write_config(config, workdir)
     if tok is not None:      # the workdir is self-contained: later runs can use it as input.tokenizer
       tok.save(os.path.join(workdir, 'tokenizer.json'))
   ckpt = ckpt or checkpoint.Checkpointer(workdir, config.checkpoint)
-  step = int(jax.device_get(state.step))
   writer = metrics.Writer(workdir, total_steps, config.input.batch_size, start_step=step)
   n_train_params = _count(abstract.params) if trainable is None else sum(
       int(np.prod(p.shape)) for p, t in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(trainable(abstract.params))) if t)
-  writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters ({n_train_params:,} trained) | mesh {dict(mesh.shape)} | '
-             f'{n_train:,} train examples | {total_steps} steps of {config.input.batch_size}'
+  writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters ({n_train_params:,} trained) | '
+             f'mesh {dict(mesh.shape)} | {n_train:,} train examples | {total_steps} steps of {config.input.batch_size}'
              + (f' | starting at step {step}' if step else ''))
 
   # ---- Loop ------------------------------------------------------------------------------------
-  global PREEMPTED
-  PREEMPTED = None
   preempt = Preemption()
   single = jax.process_count() == 1   # evaluations are collectives across processes: not abandoned alone
   last, unfinished = {}, False     # unfinished: a signal abandoned an evaluation
   feed = parallel.DevicePrefetch(train_iter, data_sharding, config.input.device_prefetch)
+
+  def result(metrics):
+    stopped_by = (preempt.requested or preempt.peer) if (step < total_steps or unfinished) else None
+    return Result(metrics, step, total_steps, stopped_by)
 
   def due(name, ev, s):
     return s == total_steps or (ev.cfg.every and s % ev.cfg.every == 0)
@@ -393,13 +346,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if pending:
         writer.log(f'redoing the evaluations a signal abandoned at step {step}: {", ".join(pending)}')
         if not evaluate(step, pending):
-          return {}
+          return result({})
     if step >= total_steps:
       writer.log(f'nothing to do: {workdir} already holds step {step} of {total_steps}')
-      return last
+      return result(last)
     while step < total_steps:
       batch = next(feed)
-      with jax.set_mesh(mesh):      # the mesh that parallel.constrain pins activations to
+      with parallel.sharding(mesh, config.sharding_rules):    # what parallel.constrain pins activations by
         state, step_metrics = train_step(state, batch)
       step += 1
       final = step == total_steps
@@ -424,7 +377,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                    'command to resume')
         break
   finally:
-    PREEMPTED = (preempt.requested or preempt.peer) if (step < total_steps or unfinished) else None
     ckpt.wait()
     ckpt.close()
     writer.close()
@@ -433,4 +385,4 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if step == total_steps and not unfinished:
     writer.log(f'done: {step} steps in {time.perf_counter() - t_start:.0f}s; ' +
                ', '.join(f'{k} {v:.4f}' for k, v in last.items() if not k.startswith('train/')))
-  return last
+  return result(last)

@@ -41,6 +41,7 @@ def digits_ready():
 def tiny_setup(model_overrides=None, optim_overrides=None, accum_steps=1, total_steps=10):
   """A small ResNet, task, optimizer and the trainer's own step/init functions (not the loop)."""
   from ftjax import defaults, optim, tasks, train
+  from ftjax import state as states
   cfg = defaults.base_config()
   cfg.model.update({**dict(name='resnet', depth=18, stages=(1, 1, 1, 1), width=0.125, stem='small', in_channels=1,
                            num_classes=10),
@@ -50,8 +51,8 @@ def tiny_setup(model_overrides=None, optim_overrides=None, accum_steps=1, total_
   cfg.schedule.name = 'constant'
   tx, sched = optim.build(cfg.optim, cfg.schedule, total_steps)
   task = tasks.build(cfg.task)
-  g_train, g_eval = train.graphdefs(cfg.model)
-  return dict(cfg=cfg, tx=tx, task=task, init=train.make_init(cfg.model, tx, 0),
+  g_train, g_eval = states.graphdefs(cfg.model)
+  return dict(cfg=cfg, tx=tx, task=task, init=states.make_init(cfg.model, tx, 0),
               step=train.make_train_step(g_train, task, tx, sched, accum_steps),
               predict=train.make_predict_step(g_eval, task))
 
@@ -68,6 +69,6 @@ def digits_batch(n=16, seed=0):
 def fast_model(ctor):
   """ctor() built under one jit (no per-op eager compiles of the random init): seconds saved per test."""
   from flax import nnx
-  from ftjax import train
+  from ftjax import state as states
   graphdef, _ = nnx.split(nnx.eval_shape(ctor))
-  return nnx.merge(graphdef, train.initialize(lambda: nnx.split(ctor())[1], None))
+  return nnx.merge(graphdef, states.initialize(lambda: nnx.split(ctor())[1], None))

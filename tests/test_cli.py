@@ -1,10 +1,12 @@
 """Bad input: one clear `ftjax: error:` line, non-zero exit, nothing left that breaks a rerun."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
-from conftest import run_main
+from conftest import ROOT, main_env, run_main
 
 SMOKE = '--config=configs/resnet_digits.py:smoke'
 
@@ -66,3 +68,28 @@ def test_npz_with_mismatched_lengths(tmp_path):
 def test_missing_required_flags():
   line = error_line(run_main(SMOKE))
   assert '--workdir' in line
+
+
+def run_python(*args):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=main_env(), capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_evaluate_and_aot_fail_like_main(tmp_path):
+  """Every entry point parses its flags through ftjax.cli: the same one-line errors and exit status."""
+  wd = tmp_path / 'w'
+  line = error_line(run_python('-m', 'ftjax.evaluate', SMOKE, f'--workdir={wd}', '--config.model.no_such_key=3'))
+  assert '--config.model.no_such_key: no such key in the config' in line
+  line = error_line(run_python('-m', 'ftjax.evaluate', SMOKE, f'--workdir={wd}', '--only=probe'))
+  assert "--only: no evaluator ['probe'] in the config" in line
+  line = error_line(run_python('-m', 'ftjax.aot', SMOKE, '--devices=2'))
+  assert line == 'ftjax: error: --workdir=<dir> is required'
+  assert not wd.exists()
+
+
+def test_cli_stands_alone_and_evaluate_does_not_import_main():
+  """ftjax.cli imports nothing from ftjax, and no entry point imports another: no import cycle."""
+  r = run_python('-c', 'import sys, ftjax.cli; print(sorted(m for m in sys.modules if m.startswith("ftjax"))); '
+                       'import ftjax.evaluate, ftjax.aot, ftjax.train, ftjax.state; print("ftjax.main" in sys.modules)')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.splitlines() == ["['ftjax', 'ftjax.cli']", 'False'], r.stdout

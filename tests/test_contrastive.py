@@ -6,6 +6,7 @@ import pytest
 
 from conftest import digits_batch
 from ftjax import defaults, optim, parallel, tasks, train
+from ftjax import state as states
 from ftjax.tasks import contrastive
 
 
@@ -44,8 +45,8 @@ def _setup():
   cfg.optim.update(name='lars', lr=0.5, weight_decay=1e-6)
   cfg.schedule.update(name='cosine', warmup_steps=1)
   tx, sched = optim.build(cfg.optim, cfg.schedule, 10)
-  g_train, _ = train.graphdefs(cfg.model)
-  return train.make_init(cfg.model, tx, 0), train.make_train_step(g_train, tasks.build(cfg.task), tx, sched)
+  g_train, _ = states.graphdefs(cfg.model)
+  return states.make_init(cfg.model, tx, 0), train.make_train_step(g_train, tasks.build(cfg.task), tx, sched)
 
 
 def test_loss_on_eight_devices_equals_one_device_on_the_same_global_batch():
@@ -58,7 +59,7 @@ def test_loss_on_eight_devices_equals_one_device_on_the_same_global_batch():
   for name, mesh in [('one', parallel.make_mesh((1,), ('data',), jax.devices()[:1])),
                      ('eight', parallel.make_mesh((-1,), ('data',)))]:
     rep, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    state = train.initialize(init, rep)
+    state = states.initialize(init, rep)
     f = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, None))
     gb = parallel.global_batch(batch, shard)
     hist = []

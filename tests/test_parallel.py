@@ -6,13 +6,14 @@ import pytest
 
 from conftest import digits_batch, tiny_setup
 from ftjax import parallel, train
+from ftjax import state as states
 from ftjax.errors import UserError
 
 
 def _run(setup, mesh, batch, n_steps=2):
   rep = parallel.replicated(mesh)
   shard = parallel.batch_sharding(mesh)
-  state = train.initialize(setup['init'], rep)
+  state = states.initialize(setup['init'], rep)
   step = jax.jit(setup['step'], in_shardings=(rep, shard), out_shardings=(rep, None))
   gb = parallel.global_batch(batch, shard)
   assert len(gb['image'].sharding.device_set) == mesh.size
@@ -46,7 +47,7 @@ def test_accumulation_equals_big_batch():
   differs (its statistics become per micro-batch), so the ResNet runs with frozen BatchNorm here,
   as in fine-tuning with frozen statistics: nothing then couples the examples of a batch."""
   big, acc = tiny_setup(), tiny_setup(accum_steps=4)
-  g_frozen = train.graphdefs(big['cfg'].model)[1]
+  g_frozen = states.graphdefs(big['cfg'].model)[1]
   big['step'] = train.make_train_step(g_frozen, big['task'], big['tx'], lambda s: 0.1, 1)
   acc['step'] = train.make_train_step(g_frozen, acc['task'], acc['tx'], lambda s: 0.1, 4)
   mesh = parallel.make_mesh((1,), ('data',), jax.devices()[:1])
@@ -56,7 +57,7 @@ def test_accumulation_equals_big_batch():
   np.testing.assert_allclose(h_big[0]['train/loss'], h_acc[0]['train/loss'], rtol=1e-5)
   np.testing.assert_allclose(h_big[0]['train/grad_norm'], h_acc[0]['train/grad_norm'], rtol=1e-5)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), s_big.params, s_acc.params)
-  init = jax.device_get(train.initialize(big['init'], None))
+  init = jax.device_get(states.initialize(big['init'], None))
   moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(init.params), jax.tree.leaves(s_big.params)))
   assert moved > 1e-3
 

@@ -9,6 +9,7 @@ from flax import nnx
 
 from conftest import digits_batch
 from ftjax import defaults, models, optim, parallel, tasks, train
+from ftjax import state as states
 from ftjax.errors import UserError
 
 BERT = dict(name='bert', vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -39,8 +40,8 @@ def _step(family, **model):
   cfg.optim.update(name='adamw', lr=1e-3)
   cfg.schedule.name = 'constant'
   tx, sched = optim.build(cfg.optim, cfg.schedule, 10)
-  g_train, _ = train.graphdefs(cfg.model)
-  init = train.make_init(cfg.model, tx, 0)
+  g_train, _ = states.graphdefs(cfg.model)
+  init = states.make_init(cfg.model, tx, 0)
   return init, jax.jit(train.make_train_step(g_train, tasks.build(cfg.task), tx, sched))
 
 

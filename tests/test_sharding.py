@@ -6,6 +6,7 @@ import pytest
 
 from conftest import digits_batch
 from ftjax import defaults, models, optim, parallel, tasks, train
+from ftjax import state as states
 
 BERT = dict(name='bert', vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
             intermediate_size=128, max_position_embeddings=16, hidden_act='gelu_new', initializer_range=0.2,
@@ -34,8 +35,8 @@ def _setup(model):
   if model['name'] == 'bert':
     cfg.task.inputs = ('input_ids', 'attention_mask', 'token_type_ids')
   tx, sched = optim.build(cfg.optim, cfg.schedule, 10)
-  g_train, _ = train.graphdefs(cfg.model)
-  init = train.make_init(cfg.model, tx, 0)
+  g_train, _ = states.graphdefs(cfg.model)
+  init = states.make_init(cfg.model, tx, 0)
   return cfg, init, train.make_train_step(g_train, tasks.build(cfg.task), tx, sched)
 
 
@@ -43,11 +44,11 @@ def _run(cfg, init, step, batch, mesh):
   abstract = jax.eval_shape(init)
   shard = parallel.state_shardings(abstract, mesh, cfg.sharding_rules,
                                    models.get_module(cfg.model.name).logical_axes)
-  state = train.initialize(init, shard)
+  state = states.initialize(init, shard)
   data = parallel.batch_sharding(mesh)
   f = jax.jit(step, in_shardings=(shard, data), out_shardings=(shard, None), donate_argnums=0)
   hist = []
-  with jax.set_mesh(mesh):                          # as the trainer does: activations pinned too
+  with parallel.sharding(mesh, cfg.sharding_rules):   # as the trainer does: activations pinned too
     for _ in range(2):
       state, m = f(state, parallel.global_batch(batch, data))
       hist.append(jax.device_get(m))
@@ -111,12 +112,12 @@ def test_checkpoint_restores_onto_another_topology(first, second, tmp_path):
           '--config.checkpoint.best_metric=', '--config.evals.eval.every=0']
   r = run_main(*args, devices=first)
   assert r.returncode == 0, r.stderr[-2000:]
-  full = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  full = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   shutil.rmtree(tmp_path / 'checkpoints' / '20')              # back to step 10, as after a crash
   r = run_main(*args, devices=second)
   assert r.returncode == 0, r.stderr[-2000:]
   assert 'resumed from' in r.stdout and f"'fsdp': {second}" in r.stdout
-  again = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  again = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert [x['step'] for x in again] == [x['step'] for x in full]
   for a, b in zip(full, again):
     for k in a:

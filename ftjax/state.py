@@ -1,0 +1,159 @@
+"""The train state, and the one place it is set up, for training, ftjax.evaluate, ftjax.aot and ftjax.bench.
+
+`layout(config, mesh, tx)` describes the state before any array exists: its init function, shapes, and
+shardings from config.sharding_rules (parameters, model state and optimizer state split over the mesh
+as the rules say). `start(config, layout, ...)` then makes the state, directly in those shardings: the
+newest checkpoint that restores (training: with its optimizer state), the parameters of a checkpoint
+without its optimizer state (evaluation), config.init.source loaded over a fresh init, or the fresh init
+itself. No copy of the whole model ever sits on one device, so a model that only fits sharded trains
+and evaluates.
+
+State is functional: the NNX model is split once into a graph definition and pure-dict parameters /
+model state (BatchNorm statistics), which ride in TrainState with the optimizer state, the step and
+the RNG.
+"""
+import dataclasses
+import os
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ftjax import checkpoint, hf, hub, models, parallel, trees
+from ftjax.errors import UserError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any          # pure dict of nnx.Param values
+  model_state: Any     # pure dict of every other variable (BatchNorm statistics, ...)
+  opt_state: Any
+  rng: jax.Array       # raw uint32 key; step s uses fold_in(rng, s)
+
+
+def graphdefs(model_cfg):
+  """(train-mode graphdef, eval-mode graphdef): the mode is static structure, not state."""
+  model = nnx.eval_shape(lambda: models.build(model_cfg, nnx.Rngs(0)))
+  model.train()
+  g_train = nnx.split(model, nnx.Param, ...)[0]
+  model.eval()
+  g_eval = nnx.split(model, nnx.Param, ...)[0]
+  return g_train, g_eval
+
+
+def make_init(model_cfg, tx, seed: int):
+  def init():
+    key = jax.random.PRNGKey(seed)
+    model = models.build(model_cfg, nnx.Rngs(jax.random.fold_in(key, 0)))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
+                      opt_state=tx.init(params), rng=jax.random.fold_in(key, 1))
+  return init
+
+
+def initialize(init, shardings):
+  """Runs `init` under jit straight into `shardings`. It runs once, so on CPU it is compiled without
+  backend optimisation: the random-number code otherwise takes seconds to compile, even for tiny models."""
+  compiled = jax.jit(init, out_shardings=shardings).lower().compile(
+      compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
+  return compiled()
+
+
+def load_pretrained(state, cfg_init, model_cfg, mesh_sharding):
+  """Overwrites the freshly initialised state's parameters (and BatchNorm statistics) with those of
+  cfg_init.source, by name; names matching cfg_init.reinit keep their fresh values (head surgery)."""
+  src = cfg_init.source
+  params, model_state = jax.device_get(state.params), jax.device_get(state.model_state)
+  if hub.is_hf_dir(src):
+    model_type = hub.read_config(src, expect=model_cfg.name)['model_type']
+    new, model_state, report = hf.convert_from_hf(hub.load_state_dict(src), params, model_state, source=src,
+                                                  model_type=model_type, reinit=cfg_init.reinit)
+    where = src
+  else:
+    src_params, src_state, where = checkpoint.read_params(src)
+    new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit, where)
+    model_state, _ = checkpoint.merge_by_name(model_state, src_state, cfg_init.reinit, where)
+  print(hf.describe(report, where), flush=True)
+  return state.replace(params=jax.device_put(new, mesh_sharding.params),
+                       model_state=jax.device_put(model_state, mesh_sharding.model_state))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A state before any array exists: how to make it, its shapes, where each piece lives, and the
+  model's graph definitions (train and eval mode) that turn its parameters back into a model."""
+  init: Callable[[], TrainState]   # the fresh state, from config.seed (run it under jit: `initialize`)
+  abstract: TrainState             # jax.ShapeDtypeStruct leaves
+  shardings: TrainState            # NamedSharding leaves, by config.sharding_rules
+  graphdef_train: Any
+  graphdef_eval: Any
+
+  def targets(self) -> TrainState:
+    """The abstract state with its shardings: what a sharded restore reads into."""
+    return checkpoint.abstract(self.abstract, self.shardings)
+
+
+def layout(config, mesh, tx=None) -> Layout:
+  """The state of config.model on `mesh`, with the optimizer `tx`'s state (none when tx is None: an
+  evaluation), laid out by the family's logical axes and config.sharding_rules."""
+  logical_axes = models.get_module(config.model.name).logical_axes
+  g_train, g_eval = graphdefs(config.model)
+  init = make_init(config.model, tx or optax.identity(), config.seed)
+  abstract = jax.eval_shape(init)
+  shardings = parallel.state_shardings(abstract, mesh, config.sharding_rules, logical_axes)
+  return Layout(init, abstract, shardings, g_train, g_eval)
+
+
+def start(config, lay: Layout, ckpt: checkpoint.Checkpointer | None = None, set_data_state=None,
+          step_dir: str | None = None) -> tuple[TrainState, str]:
+  """The state a run or an evaluation starts from, straight into lay.shardings, and where it came from:
+  - `ckpt` (training): the newest of its checkpoints that restores, optimizer state included; the data
+    state goes to `set_data_state`; damaged checkpoints are skipped (checkpoint.Checkpointer.restore);
+  - `step_dir` (evaluation): that checkpoint's model, without its optimizer state (`restore_model`);
+  - else config.init.source over a fresh init (`load_pretrained`), else the fresh init."""
+  if ckpt is not None:
+    state, step = ckpt.restore(lay.targets(), set_data_state)
+    return state, os.path.join(ckpt.workdir, 'checkpoints', str(step))
+  if step_dir is not None:
+    return restore_model(step_dir, lay), step_dir
+  state = initialize(lay.init, lay.shardings)
+  if config.init.source:
+    return load_pretrained(state, config.init, config.model, lay.shardings), config.init.source
+  return state, 'random initialisation'
+
+
+def restore_model(step_dir: str, lay: Layout) -> TrainState:
+  """The step, parameters, model state and RNG saved in the checkpoint folder `step_dir`, read straight
+  into lay.shardings. An Orbax partial restore: the optimizer state stays on disk (`lay` has none when
+  built without an optimizer; else it starts fresh). As with init.source, a name the model has and the
+  checkpoint lacks keeps its fresh value; one saved with another shape is an error."""
+  path = os.path.join(step_dir, 'state')
+  target = lay.targets()
+  item = {'step': target.step, 'params': target.params, 'model_state': target.model_state, 'rng': target.rng}
+  tree = checkpoint_tree(path)
+  saved = trees.flat({k: tree.get(k) for k in item})
+  for key, want in trees.flat(item).items():
+    if key in saved and tuple(saved[key].shape) != tuple(want.shape):
+      raise UserError(f'{step_dir}: {key} has shape {tuple(saved[key].shape)} there but {tuple(want.shape)} in '
+                      'the model; evaluate it with the model config it was trained with')
+  restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+  state = TrainState(opt_state=lay.abstract.opt_state, **restored)
+  lacking = lambda x: isinstance(x, jax.ShapeDtypeStruct)    # not in the checkpoint, or an optimizer's state
+  if any(lacking(x) for x in jax.tree.leaves(state)):
+    fresh = initialize(lay.init, lay.shardings)
+    state = jax.tree.map(lambda r, f: f if lacking(r) else r, state, fresh)
+  return state
+
+
+def checkpoint_tree(path: str) -> dict:
+  """The saved tree of an Orbax PyTree item folder, with each array's metadata (shape, dtype) as its
+  leaves; reads no array."""
+  meta = ocp.PyTreeCheckpointer().metadata(path)
+  return getattr(meta, 'item_metadata', meta).tree
