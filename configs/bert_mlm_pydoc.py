@@ -9,7 +9,7 @@ from ftjax.defaults import base_config, eval_config
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('bert')
   c.total_steps = 8 if smoke else 1000
   c.log_every = 2 if smoke else 50
 
@@ -22,7 +22,6 @@ def get_config(arg=None):
   mask = 'mlm_mask(rate=0.15, max_predictions={}, whole_word=True)'.format(5 if smoke else 20)
   c.input.pp_train = c.input.pp_eval = mask
 
-  c.model.name = 'bert'
   c.model.head = 'mlm'
   c.model.vocab_size = 8000
   c.model.hidden_size = 64 if smoke else 128

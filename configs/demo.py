@@ -4,7 +4,7 @@ Digits: SimCLR pretrains a ResNet-18 (labels unused), a linear probe compares it
 random init's, then it is fine-tuned on 250 labelled images against the same model from scratch.
 Text: a small BERT learns masked-LM on the sentiment tweets' text (labels unused), then is
 fine-tuned on 500 labelled tweets against the same model from scratch, beside real MiniLM weights
-fine-tuned on the same 500 (fewer steps: it costs 16x more per example). Writes report.md, report.json, curves.png, comparison.png.
+fine-tuned on the same 500 (fewer steps: it costs 16x more per example). Writes report.md/.json and plots.
   python -m ftjax.main --config=configs/demo.py --workdir=runs/demo
 """
 import importlib.util

@@ -15,7 +15,7 @@ TRAIN_IMAGES = 1_281_167
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('resnet')
   c.input.batch_size = 16 if smoke else 1024
   c.num_epochs = -1.0 if smoke else 90.0
   c.total_steps = 4 if smoke else -1
@@ -28,7 +28,6 @@ def get_config(arg=None):
   c.input.num_threads = 2 if smoke else 16
   c.input.prefetch = 2 if smoke else 8
 
-  c.model.name = 'resnet'
   c.model.depth = 50
   c.model.width = 0.125 if smoke else 1.0
   c.model.num_classes = 10 if smoke else 1000

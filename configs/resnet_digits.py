@@ -9,7 +9,7 @@ from ftjax.defaults import base_config, eval_config
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('resnet')
   c.seed = 0
   c.total_steps = 20 if smoke else 400     # ~41 epochs
   c.log_every = 5 if smoke else 50
@@ -20,7 +20,6 @@ def get_config(arg=None):
   c.input.pp_train = 'random_crop(8, pad=1)|normalize(0.5, 0.5)'
   c.input.pp_eval = 'normalize(0.5, 0.5)'
 
-  c.model.name = 'resnet'
   c.model.depth = 18
   c.model.width = 0.125 if smoke else 0.25   # 16-128 channels, 0.7 M parameters
   c.model.stem = 'small'                        # 3x3 stride-1 stem, no max-pool: 8 px inputs

@@ -10,7 +10,7 @@ from ftjax.defaults import base_config, eval_config
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('resnet')
   c.total_steps = 6 if smoke else 300
   c.log_every = 2 if smoke else 25
 
@@ -18,7 +18,6 @@ def get_config(arg=None):
   c.input.batch_size = 32 if smoke else 256
   c.input.pp_train = c.input.pp_eval = 'normalize(0, 1)'      # [0, 1]: the task augments, then normalises
 
-  c.model.name = 'resnet'
   c.model.depth = 18
   c.model.width = 0.125 if smoke else 0.25
   c.model.stem = 'small'

@@ -16,7 +16,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('resnet')
   c.input.batch_size = 16 if smoke else 4096
   c.num_epochs = -1.0 if smoke else 100.0
   c.total_steps = 4 if smoke else -1
@@ -29,7 +29,6 @@ def get_config(arg=None):
   c.input.num_threads = 2 if smoke else 32
   c.input.prefetch = 2 if smoke else 8
 
-  c.model.name = 'resnet'
   c.model.depth = 50
   c.model.width = 0.125 if smoke else 1.0
   c.model.num_classes = 0

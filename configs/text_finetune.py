@@ -17,7 +17,7 @@ ENCODER = {**_mlm.ENCODER, 'hidden_dropout_prob': 0.1, 'attention_probs_dropout_
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('bert')
   c.total_steps = 6 if smoke else 250
   c.log_every = 2 if smoke else 50
 

@@ -4,15 +4,16 @@ encoder configs/demo.py pretrains. WordPiece (4,000) is trained on the same text
 """
 from ftjax.defaults import base_config, eval_config
 
-# No dropout while pretraining: one pass over the text cannot overfit, and it is 12% faster here.
-ENCODER = dict(name='bert', vocab_size=4000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+# No dropout while pretraining: ~2 passes over the text (1000 x 64 of ~29.8k tweets) cannot overfit, and it
+# is 12% faster here.
+ENCODER = dict(vocab_size=4000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=512, max_position_embeddings=64, hidden_dropout_prob=0.0,
                attention_probs_dropout_prob=0.0)
 
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
-  c = base_config()
+  c = base_config('bert')
   c.total_steps = 6 if smoke else 1000
   c.log_every = 2 if smoke else 50
 

@@ -1,14 +1,19 @@
-"""Every key the trainer reads, with its default. Configs start from this and override.
+"""Every key any code reads, with its default: the trainer's here, the model family's from
+`ftjax/models/<name>.py` (`defaults()`), each evaluator's from `ftjax/evals/<type>.py` (`DEFAULTS`).
+Configs start from `base_config(<family>)` and `eval_config(type=...)` and override.
 
-Keeping the full schema in one place means `--config.<key>=...` overrides are type-checked
-against a real default and an unknown key fails before any compute.
+With the whole schema in the config, `--config.<key>=...` overrides are type-checked against a real
+default, an unknown key fails before any compute, and the resolved config.json holds every setting.
 """
 import ml_collections
 
+from ftjax import evals, models
+from ftjax.errors import UserError
 from ftjax.parallel import DEFAULT_RULES
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(model: str = '') -> ml_collections.ConfigDict:
+  """The trainer's defaults with model family `model`'s (a module under ftjax/models) in c.model."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 1000        # optimizer updates; see num_epochs
@@ -41,9 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
       nsp=False,              # with pack: sentence pairs and next_sentence_label
   ))
 
-  # lora: rank > 0 adds adapters to the dense layers whose path matches `targets` (a regex).
-  c.model = ml_collections.ConfigDict(dict(name='', dtype='float32',
-                                           lora=dict(rank=0, alpha=0.0, targets='')))
+  # models.COMMON (name, dtype, remat, config, lora) and the family's own keys (models.defaults).
+  c.model = ml_collections.ConfigDict(models.defaults(model))
   # inputs: the batch keys passed to the model, in order. num_labels=1 in classification = regression.
   # train_mode=False runs the model in eval mode while training (BatchNorm keeps its running
   # statistics, no dropout): what a linear probe on frozen features wants.
@@ -91,9 +95,30 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def eval_config(**kw) -> ml_collections.ConfigDict:
-  """An evaluator entry with its defaults filled in."""
-  e = ml_collections.ConfigDict(dict(type='classification', split='validation', every=0, batch_size=256,
-                                     pp=''))
-  e.update(kw)
-  return e
+def eval_config(type: str = 'classification', **kw) -> ml_collections.ConfigDict:   # noqa: A002 (the config key)
+  """An evaluator entry with every key of its type (evals.COMMON + the type's DEFAULTS); a key the type
+  does not read is an error."""
+  return evals.resolve(f'eval_config(type={type!r})', dict(type=type, **kw))
+
+
+def complete(config) -> ml_collections.ConfigDict:
+  """A run config with every key its model family and evaluators read (their defaults where absent),
+  or one UserError naming the first key no code reads: the one check before compute."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(models.resolve(config.model))
+    for name in list(config.evals):
+      config.evals[name] = evals.resolve(f'evals.{name}', config.evals[name])
+  _check_keys(config, base_config(config.model.name), '')
+  return config
+
+
+FREE = ('evals', 'model')     # their keys depend on the evaluator types and the family: checked above
+
+
+def _check_keys(config, schema, prefix):
+  for k in config:
+    if k not in schema:
+      raise UserError(f'{prefix}{k}: no such key in the config (it has {", ".join(sorted(schema))})')
+    if isinstance(schema[k], ml_collections.ConfigDict) and not (prefix == '' and k in FREE):
+      _check_keys(config[k], schema[k], f'{prefix}{k}.')

@@ -1,5 +1,7 @@
 """Mesh from config and the shardings the trainer uses (jit + NamedSharding; no pmap)."""
 import collections
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -85,12 +87,14 @@ class DevicePrefetch:
     return self.state
 
 
-# ---- Parameter sharding: logical axes (per model family) -> mesh axes (one rules table) ----------
-# Each model family names the logical axes of every parameter (`logical_axes(name, ndim)`); the rules
-# map a logical axis to mesh axes. A rule naming an axis the mesh lacks is ignored, so one table serves
-# every strategy and the mesh picks it: ('data',) data parallel, ('fsdp',) parameters and optimizer
-# state sharded over the data-parallel devices, ('data', 'model') tensor parallel, ('fsdp', 'model') both.
+# ---- Sharding: logical axes (per model family) -> mesh axes (one rules table) --------------------
+# Each model family names the logical axes of every parameter (`logical_axes(name, ndim)`) and of the
+# activations it pins (`constrain`); config.sharding_rules maps a logical axis to mesh axes. A rule naming
+# an axis the mesh lacks is ignored, so one table serves every strategy and the mesh picks it: ('data',)
+# data parallel, ('fsdp',) parameters and optimizer state sharded over the data-parallel devices,
+# ('data', 'model') tensor parallel, ('fsdp', 'model') both.
 DEFAULT_RULES = (
+    ('batch', DATA_AXES),     # activations' batch dimension (parallel.constrain), over every data axis
     ('embed', 'fsdp'),        # BERT hidden size, a ResNet's feature width
     ('conv_out', 'fsdp'),     # conv output channels, BatchNorm
     ('heads', 'model'),       # attention heads x head dim
@@ -179,15 +183,26 @@ def init_distributed(cfg) -> bool:
 
 
 # ---- Activations ----------------------------------------------------------------------------------
-ACTIVATION_AXES = {'heads': 'model', 'mlp': 'model'}     # 'batch' -> every data axis; others replicated
+_RULES = contextvars.ContextVar('ftjax_sharding_rules', default=DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def sharding(mesh, rules):
+  """Traces steps under `mesh` with `rules` (config.sharding_rules), the table `constrain` reads: the
+  same one the parameters were laid out with."""
+  token = _RULES.set(tuple(rules))
+  try:
+    with jax.set_mesh(mesh):
+      yield
+  finally:
+    _RULES.reset(token)
 
 
 def constrain(x, logical: tuple):
-  """Pins an activation's sharding inside a step traced under `jax.set_mesh(mesh)` (the trainer does
+  """Pins an activation's sharding inside a step traced under `sharding(mesh, rules)` (the trainer does
   that), so XLA keeps activations split by batch (and by heads / MLP units under tensor parallelism)
   instead of replicating them. Outside a mesh context, or on one device, it does nothing."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return x
-  rules = (('batch', data_axes(mesh)), *ACTIVATION_AXES.items())
-  return jax.lax.with_sharding_constraint(x, spec_for(tuple(logical), x.shape, mesh, rules))
+  return jax.lax.with_sharding_constraint(x, spec_for(tuple(logical), x.shape, mesh, _RULES.get()))

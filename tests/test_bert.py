@@ -97,17 +97,17 @@ def test_head_parity_with_random_transformers_model(head, hf_cls, tmp_path):
   r = torch_out(ref, enc)
   valid = enc['attention_mask'].astype(bool)
   if head in ('mlm', 'pretraining'):
-    np.testing.assert_allclose(np.asarray(out['mlm_logits'])[valid], r.logits.numpy()[valid] if head == 'mlm'
+    np.testing.assert_allclose(np.asarray(out.logits)[valid], r.logits.numpy()[valid] if head == 'mlm'
                                else r.prediction_logits.numpy()[valid], atol=1e-4)
     if head == 'pretraining':
-      np.testing.assert_allclose(out['nsp_logits'], r.seq_relationship_logits.numpy(), atol=1e-4)
+      np.testing.assert_allclose(out.seq_relationship_logits, r.seq_relationship_logits.numpy(), atol=1e-4)
   elif head == 'qa':
-    np.testing.assert_allclose(np.asarray(out['start_logits'])[valid], r.start_logits.numpy()[valid], atol=1e-4)
-    np.testing.assert_allclose(np.asarray(out['end_logits'])[valid], r.end_logits.numpy()[valid], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out.start_logits)[valid], r.start_logits.numpy()[valid], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out.end_logits)[valid], r.end_logits.numpy()[valid], atol=1e-4)
   elif head == 'token_classification':
-    np.testing.assert_allclose(np.asarray(out)[valid], r.logits.numpy()[valid], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out.logits)[valid], r.logits.numpy()[valid], atol=1e-4)
   else:
-    np.testing.assert_allclose(out, r.logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(out.logits, r.logits.numpy(), atol=1e-4)
   # And back: ftjax -> directory -> transformers, no missing keys, same outputs.
   if head in ('mlm', 'classification'):
     hf.save_pretrained(model, str(tmp_path / 'back'))
@@ -121,9 +121,9 @@ def test_masked_positions_and_attention_paths_agree():
   model = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0))
   enc = _inputs(1)
   model.eval()
-  full = model(**enc)['mlm_logits']
+  full = model(**enc).logits
   pos = np.array([[0, 3], [2, 6], [1, 1]])
-  part = model(**enc, masked_positions=pos)['mlm_logits']
+  part = model(**enc, masked_positions=pos).logits
   np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), pos[..., None], axis=1), atol=1e-5)
   # The explicit-softmax path (used when attention dropout is on) equals dot_product_attention.
   model.train()
@@ -132,7 +132,7 @@ def test_masked_positions_and_attention_paths_agree():
     m.dropout.deterministic = False
   for m in [x for _, x in nnx.iter_graph(model) if isinstance(x, nnx.Dropout)]:
     m.rate = 0.0
-  manual = model(**enc, rngs=nnx.Rngs(dropout=0))['mlm_logits']
+  manual = model(**enc, rngs=nnx.Rngs(dropout=0)).logits
   np.testing.assert_allclose(manual, full, atol=1e-5)
 
 
@@ -171,19 +171,20 @@ def test_pytorch_bin_is_read_with_weights_only(tmp_path):
 def test_finetune_init_from_an_ftjax_mlm_checkpoint(tmp_path):
   """An MLM run's checkpoint initialises a classifier: encoder copied by name, new parts fresh."""
   from ml_collections import ConfigDict
-  from ftjax import checkpoint, defaults, optim, train
+  from ftjax import checkpoint, defaults, optim
+  from ftjax import state as states
   base = dict(name='bert', **{k: v for k, v in SMALL.items() if k != 'hidden_act'})
   cfg = defaults.base_config()
   tx, _ = optim.build(cfg.optim, cfg.schedule, 10)
-  mlm_state = train.initialize(train.make_init(ConfigDict({**base, 'head': 'mlm'}), tx, seed=1), None)
+  mlm_state = states.initialize(states.make_init(ConfigDict({**base, 'head': 'mlm'}), tx, seed=1), None)
   ck = checkpoint.Checkpointer(str(tmp_path / 'mlm'), cfg.checkpoint)
   ck.save(7, mlm_state, {'next_index': 0})
   ck.wait()
   ck.close()
   cls_cfg = ConfigDict({**base, 'head': 'classification', 'num_labels': 3})
-  fresh = train.initialize(train.make_init(cls_cfg, tx, seed=2), None)
+  fresh = states.initialize(states.make_init(cls_cfg, tx, seed=2), None)
   init = ConfigDict(dict(source=str(tmp_path / 'mlm'), reinit=''))
-  loaded = train.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
+  loaded = states.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
   np.testing.assert_array_equal(loaded.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'],
                                 mlm_state.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'])
   np.testing.assert_array_equal(loaded.params['classifier']['kernel'], fresh.params['classifier']['kernel'])
@@ -191,6 +192,6 @@ def test_finetune_init_from_an_ftjax_mlm_checkpoint(tmp_path):
                                 fresh.params['bert']['pooler']['dense']['kernel'])   # MLM model has no pooler
   # reinit keeps matching parameters fresh on purpose (head surgery by pattern).
   init.reinit = r'embeddings'
-  again = train.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
+  again = states.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
   np.testing.assert_array_equal(again.params['bert']['embeddings']['word_embeddings']['embedding'],
                                 fresh.params['bert']['embeddings']['word_embeddings']['embedding'])

@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from conftest import digits_batch, fast_model, tiny_setup
-from ftjax import parallel, train
+from ftjax import parallel
+from ftjax import state as states
 from ftjax.errors import UserError
 from ftjax.models.resnet import ResNet
 
@@ -43,12 +44,12 @@ def test_batchnorm_train_and_eval_statistics():
   x = jnp.asarray(digits_batch(16)['image'])
   # Eval mode: running statistics, so an example's output does not depend on its batch-mates.
   model.eval()
-  np.testing.assert_allclose(model(x)[:4], model(x[:4]), atol=1e-5)
+  np.testing.assert_allclose(model(x).logits[:4], model(x[:4]).logits, atol=1e-5)
   # Train mode: batch statistics, so it does; and running averages move by momentum 0.9.
   model.train()
   conv_out = np.asarray(model.stem_conv(x))
-  y16 = model(x)
-  y4 = model(x[:4])
+  y16 = model(x).logits
+  y4 = model(x[:4]).logits
   assert np.abs(np.asarray(y16[:4]) - np.asarray(y4)).max() > 1e-3
   # Running stats after two updates from (0, 1): batch A = x, then batch B = x[:4].
   conv_b = np.asarray(model.stem_conv(x[:4]))
@@ -64,7 +65,7 @@ def test_head_is_a_named_swappable_submodule():
   x = jnp.asarray(digits_batch(4)['image'])
   feats = model.embed(x)
   model.head = nnx.Linear(model.num_features, 3, rngs=nnx.Rngs(1))
-  out = model(x)
+  out = model(x).logits
   assert out.shape == (4, 3)
   np.testing.assert_allclose(out, model.head(feats), atol=1e-5)
   headless = nnx.eval_shape(lambda: ResNet(18, stages=(1, 1, 1, 1), width=0.125, stem='small', in_channels=1,
@@ -79,14 +80,14 @@ def test_resnet_v2_has_no_batch_statistics():
   assert any(isinstance(m, nnx.GroupNorm) for _, m in nnx.iter_graph(model))
   g, st = nnx.split(model)
   out = jax.eval_shape(lambda s, x: nnx.merge(g, s)(x), st, jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32))
-  assert out.shape == (2, 10)
+  assert out.logits.shape == (2, 10)
 
 
 def test_bf16_compute_with_fp32_master_weights():
   setup = tiny_setup(model_overrides=dict(dtype='bfloat16'))
   mesh = parallel.make_mesh((1,), ('data',), jax.devices()[:1])
-  state = train.initialize(setup['init'], parallel.replicated(mesh))
-  model = nnx.merge(train.graphdefs(setup['cfg'].model)[1], state.params, state.model_state)
+  state = states.initialize(setup['init'], parallel.replicated(mesh))
+  model = nnx.merge(states.graphdefs(setup['cfg'].model)[1], state.params, state.model_state)
   x = jnp.asarray(digits_batch(4)['image'])
   assert model.stem_conv(x).dtype == jnp.bfloat16
   state, m = jax.jit(setup['step'])(state, digits_batch(16))

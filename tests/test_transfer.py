@@ -42,7 +42,8 @@ def test_resnet_parity_and_round_trip_with_transformers(kind, tmp_path):
   x = np.random.default_rng(0).normal(size=(2, cfg.num_channels, 40, 40)).astype(np.float32)
   with torch.no_grad():
     r = ref(torch.from_numpy(x))
-  out = np.asarray(model(x.transpose(0, 2, 3, 1)))       # NHWC
+  out = model(x.transpose(0, 2, 3, 1))       # NHWC
+  out = np.asarray(out.logits if kind == 'bottleneck' else out.pooler_output)
   want = r.logits.numpy() if kind == 'bottleneck' else r.pooler_output.numpy()[:, :, 0, 0]
   assert out.shape == want.shape
   np.testing.assert_allclose(out, want, atol=1e-4)
@@ -97,6 +98,7 @@ def _run(model_cfg, optim_cfg, batch, steps=3, inputs=TEXT_INPUTS, train_mode=Tr
   """A few real train steps through the trainer's own functions: (initial state, final state)."""
   import jax
   from ftjax import defaults, optim, tasks, train
+  from ftjax import state as states
   cfg = defaults.base_config()
   cfg.model.update(model_cfg)
   cfg.optim.update(optim_cfg)
@@ -104,10 +106,10 @@ def _run(model_cfg, optim_cfg, batch, steps=3, inputs=TEXT_INPUTS, train_mode=Tr
   cfg.schedule.name = 'constant'
   from ftjax import models
   tx, sched = optim.build(cfg.optim, cfg.schedule, 10, layer_of=models.get_module(cfg.model.name).lr_layer)
-  g_train, g_eval = train.graphdefs(cfg.model)
+  g_train, g_eval = states.graphdefs(cfg.model)
   step = jax.jit(train.make_train_step(g_train if train_mode else g_eval, tasks.build(cfg.task), tx, sched,
                                        trainable=optim.trainable_fn(cfg.optim)))
-  s0 = train.initialize(train.make_init(cfg.model, tx, 0), None)
+  s0 = states.initialize(states.make_init(cfg.model, tx, 0), None)
   s = s0
   for _ in range(steps):
     s, mets = step(s, batch)
@@ -132,10 +134,10 @@ def test_lora_trains_only_adapters_and_merges_back(tmp_path):
               for ab in 'ab'}
   assert changed == expected            # weight decay and all: nothing else moved
   model = nnx.merge(g_eval, s1.params, s1.model_state)
-  want = np.asarray(model(*(batch[k] for k in TEXT_INPUTS)))
+  want = np.asarray(model(*(batch[k] for k in TEXT_INPUTS)).logits)
   merged = lora.merge(nnx.clone(model))
   assert not lora.has_adapters(merged)
-  np.testing.assert_allclose(merged(*(batch[k] for k in TEXT_INPUTS)), want, atol=1e-5)
+  np.testing.assert_allclose(merged(*(batch[k] for k in TEXT_INPUTS)).logits, want, atol=1e-5)
   # Export merges on the way out; transformers gives the adapted model's outputs.
   hf.save_pretrained(model, str(tmp_path / 'hf'))
   ref, info = transformers.BertForSequenceClassification.from_pretrained(str(tmp_path / 'hf'),
@@ -149,7 +151,8 @@ def test_lora_trains_only_adapters_and_merges_back(tmp_path):
 
 
 def test_linear_probe_freezing_keeps_backbone_and_batchnorm_statistics():
-  import sys, os
+  import sys
+  import os
   sys.path.insert(0, os.path.dirname(__file__))
   from conftest import digits_batch
   cfg = dict(name='resnet', depth=18, stages=(1, 1, 1, 1), width=0.125, stem='small', in_channels=1, num_classes=10)

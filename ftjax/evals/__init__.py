@@ -4,15 +4,58 @@ An evaluator is built once (data, jitted functions) and called with the train st
 metrics already prefixed with its name, e.g. {'eval/accuracy': 0.97}. Context passed to every
 evaluator: config, predict_fn (the task's per-example outputs), embed_fn (frozen features), mesh.
 """
+import copy
+
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
 from ftjax import data, parallel, registry
+from ftjax.errors import UserError
+
+
+# Keys every evaluator reads; each evaluator module's DEFAULTS adds its own (ftjax/protocols.py: Evaluator).
+COMMON = dict(
+    type='classification',  # a module under ftjax/evals
+    split='validation',     # the split scored
+    every=0,                # run every N steps; 0 = once, at the end
+    batch_size=256,
+    pp='',                  # preprocessing; '' = input.pp_eval
+)
+# Evaluators on frozen features (FeatureEvaluator) also fit on a train split.
+FEATURES = dict(
+    dataset='',             # '' = input.dataset; e.g. probe an MLM run's encoder on a labelled set
+    train_split='',         # '' = input.train_split
+)
+
+
+def get_module(type_: str):
+  return registry.load('evals', type_, 'evals.<name>.type')
+
+
+def defaults(type_: str) -> dict:
+  """Every key evaluator `type_` reads, with its default."""
+  return copy.deepcopy({**COMMON, 'type': type_, **get_module(type_).DEFAULTS})
+
+
+def resolve(where: str, cfg) -> ml_collections.ConfigDict:
+  """cfg with every key of its evaluator type; a key it does not read is an error naming the known ones.
+  `where` names the entry in messages ('evals.probe')."""
+  type_ = cfg.get('type') or COMMON['type']
+  try:
+    schema = defaults(type_)
+  except UserError:
+    raise UserError(f'{where}: type={type_!r}: no module ftjax/evals/{type_}.py') from None
+  unknown = sorted(set(cfg) - set(schema))
+  if unknown:
+    raise UserError(f'{where}.{unknown[0]}: no such key for type={type_!r} (it reads {", ".join(sorted(schema))})')
+  return ml_collections.ConfigDict({**schema, **dict(cfg)})
 
 
 def build(name, cfg, **context):
-  return registry.load('evals', cfg.type, f'evals.{name}.type').Evaluator(name, cfg, **context)
+  cfg = resolve(f'evals.{name}', cfg)
+  return get_module(cfg.type).Evaluator(name, cfg, **context)
 
 
 def collect(fn, state, batches, sharding) -> dict:
@@ -35,13 +78,13 @@ class FeatureEvaluator:
 
   def __init__(self, name, cfg, *, config, embed_fn, mesh, **_):
     self.name, self.cfg, self.input = name, cfg, config.input
-    if cfg.get('dataset'):     # e.g. probe an MLM run's encoder on a labelled set
+    if cfg.dataset:
       self.input = config.input.copy_and_resolve_references()
       self.input.update(dataset=cfg.dataset, pack=False, tokenizer=data.tokenizer_path(config.input),
-                        train_split=cfg.get('train_split') or 'train')
+                        train_split=cfg.train_split or 'train')
     self.embed_fn, self.sharding = embed_fn, parallel.batch_sharding(mesh)
-    self.pp = cfg.get('pp') or config.input.pp_eval
-    self.train_split = cfg.get('train_split') or config.input.train_split
+    self.pp = cfg.pp or config.input.pp_eval
+    self.train_split = cfg.train_split or config.input.train_split
     for split in (self.train_split, cfg.split):   # fail now, not at the first evaluation
       data.check_split(self.input, split, self.pp)
 

@@ -7,6 +7,9 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 from ftjax import data, evals, models, parallel
 
 
+DEFAULTS = {}      # only evals.COMMON
+
+
 class Evaluator:
 
   def __init__(self, name, cfg, *, config, predict_fn, mesh, **_):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax import evals
 from ftjax.evals import FeatureEvaluator
 
 
@@ -39,9 +40,14 @@ def fewshot_accuracy(x, y, x_test, y_test, shots=(1, 5, 10, 25), repeats=3, l2_r
   return out
 
 
+DEFAULTS = dict(**evals.FEATURES,
+                shots=(1, 5, 10, 25),   # train examples per class
+                repeats=3,              # draws averaged per k
+                l2_reg=2.0 ** 10)       # ridge strength
+
+
 class Evaluator(FeatureEvaluator):
 
   def score(self, x, y, x_test, y_test):
-    res = fewshot_accuracy(x, y, x_test, y_test, tuple(self.cfg.get('shots', (1, 5, 10, 25))),
-                           self.cfg.get('repeats', 3), self.cfg.get('l2_reg', 2.0 ** 10))
+    res = fewshot_accuracy(x, y, x_test, y_test, tuple(self.cfg.shots), self.cfg.repeats, self.cfg.l2_reg)
     return {f'{k}shot': v for k, v in res.items()}

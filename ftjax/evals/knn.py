@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax import evals
 from ftjax.evals import FeatureEvaluator
 
 
@@ -28,7 +29,12 @@ def knn_accuracy(x, y, x_test, y_test, k=20, temperature=0.07, chunk=1024):
   return float(np.mean(pred == y_test))
 
 
+DEFAULTS = dict(**evals.FEATURES,
+                k=20,                   # neighbours that vote
+                temperature=0.07)       # vote weight exp(similarity / temperature)
+
+
 class Evaluator(FeatureEvaluator):
 
   def score(self, x, y, x_test, y_test):
-    return {'accuracy': knn_accuracy(x, y, x_test, y_test, self.cfg.get('k', 20), self.cfg.get('temperature', 0.07))}
+    return {'accuracy': knn_accuracy(x, y, x_test, y_test, self.cfg.k, self.cfg.temperature)}

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ftjax import evals
 from ftjax.evals import FeatureEvaluator
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -51,9 +52,13 @@ def probe_accuracy(x, y, x_test, y_test, l2_grid=L2_GRID, steps=200, seed=0):
   return acc(p, x_test, y_test), best
 
 
+DEFAULTS = dict(**evals.FEATURES,
+                l2_grid=L2_GRID,        # L2 strengths tried on a held-out fifth of the train features
+                steps=200)              # full-batch L-BFGS steps per fit
+
+
 class Evaluator(FeatureEvaluator):
 
   def score(self, x, y, x_test, y_test):
-    accuracy, l2 = probe_accuracy(x, y, x_test, y_test, tuple(self.cfg.get('l2_grid', L2_GRID)),
-                                  self.cfg.get('steps', 200))
+    accuracy, l2 = probe_accuracy(x, y, x_test, y_test, tuple(self.cfg.l2_grid), self.cfg.steps)
     return {'accuracy': accuracy, 'l2': l2}

@@ -5,6 +5,9 @@ from scipy import stats
 from ftjax.evals import classification
 
 
+DEFAULTS = {}      # only evals.COMMON
+
+
 class Evaluator(classification.Evaluator):
 
   def __call__(self, state) -> dict:

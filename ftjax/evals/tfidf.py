@@ -3,8 +3,11 @@ fit on the train split, scored on this evaluator's split. It ignores the model; 
 import numpy as np
 
 from ftjax import data
-from ftjax.data.text import as_text
+from ftjax.data.sources import as_text
 from ftjax.errors import UserError
+
+
+DEFAULTS = {}      # only evals.COMMON: fit on input.train_split, scored on split
 
 
 class Evaluator:

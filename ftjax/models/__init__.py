@@ -1,7 +1,10 @@
 """Model registry: `config.model.name` is a module under ftjax.models that defines `build(cfg, rngs)`."""
+import copy
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from ml_collections import FieldReference
 
 from ftjax import registry
 from ftjax.errors import UserError
@@ -39,25 +42,55 @@ def get_module(name: str):
   return registry.load('models', name, 'model.name')
 
 
+# Keys every family reads; a family's `defaults()` adds its own (ftjax/protocols.py: ModelFamily).
+COMMON = dict(
+    name='',                # a module under ftjax/models: bert | resnet
+    dtype='float32',        # compute dtype (DTYPES); parameters stay float32
+    remat='',               # what each block keeps for the backward pass (REMAT); '' = everything
+    config='',              # a transformers model directory or config.json giving the architecture; keys set
+                            # here override it ('package:<name>': one shipped in a pip package)
+    lora=dict(rank=0, alpha=0.0, targets=''),   # rank > 0: adapters on the dense layers matching targets
+)
+
+
+def defaults(name: str) -> dict:
+  """Every key `build` reads for model family `name`, with its default (None: from model.config, else
+  the family's own default)."""
+  return copy.deepcopy({**COMMON, 'name': name, **(get_module(name).defaults() if name else {})})
+
+
+def resolve(cfg) -> dict:
+  """cfg (a ConfigDict or dict) as a plain dict holding every key of its family; a key the family does
+  not read is an error naming the known ones."""
+  cfg = dict(cfg)
+  schema = defaults(cfg.get('name', ''))
+  unknown = sorted(set(cfg) - set(schema))
+  if unknown:
+    raise UserError(f'model.{unknown[0]}: no such key for model.name={schema["name"]!r} (it reads '
+                    f'{", ".join(sorted(schema))})')
+  out = {k: cfg.get(k, v) for k, v in schema.items()}
+  out['lora'] = {**COMMON['lora'], **dict(out['lora'] or {})}
+  return {k: v.get() if isinstance(v, FieldReference) else v for k, v in out.items()}
+
+
 def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
   """Builds the model named by cfg.name from the rest of cfg (a ConfigDict or dict)."""
-  kwargs = dict(cfg)
-  name = kwargs.pop('name')
-  lora = dict(kwargs.pop('lora', None) or {})
-  model = get_module(name).build(kwargs, rngs)
-  if lora.get('rank'):
+  kwargs = resolve(cfg)
+  if not kwargs['name']:
+    raise UserError('model.name is empty; name a module under ftjax/models (bert, resnet)')
+  lora = kwargs.pop('lora')
+  model = get_module(kwargs.pop('name')).build(kwargs, rngs)
+  if lora['rank']:
     from ftjax.models import lora as lora_lib
-    lora_lib.apply(model, rank=lora['rank'], alpha=lora.get('alpha', 0.0), targets=lora.get('targets', ''),
-                   rngs=rngs)
+    lora_lib.apply(model, rank=lora['rank'], alpha=lora['alpha'], targets=lora['targets'], rngs=rngs)
   return model
 
 
 def vocab_size(cfg) -> int | None:
   """The model's vocabulary size, for models that read tokens (None otherwise)."""
-  kwargs = dict(cfg)
-  kwargs.pop('lora', None)
-  fn = getattr(get_module(kwargs.pop('name')), 'vocab_size', None)
-  return fn(kwargs) if fn else None
+  kwargs = resolve(cfg)
+  kwargs.pop('lora')
+  return get_module(kwargs.pop('name')).vocab_size(kwargs)
 
 
 def label_classes(config) -> tuple[int, str] | None:

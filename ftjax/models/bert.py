@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ftjax import models, parallel
+from ml_collections.config_dict import placeholder
+
+from ftjax import hub, models, parallel
 from ftjax.errors import UserError
 
 ACTS = {'gelu': lambda x: jax.nn.gelu(x, approximate=False), 'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
@@ -132,8 +134,14 @@ REQUIRED_IN_FILE = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_atten
 
 @flax.struct.dataclass
 class BertOutput:
-  last_hidden_state: jax.Array
+  """What every BERT model returns, as transformers' ModelOutput classes: the fields its head fills,
+  None for the rest, so callers read `out.logits` whatever the head."""
+  last_hidden_state: jax.Array | None = None
   pooler_output: jax.Array | None = None
+  logits: jax.Array | None = None                    # classification, token classification, MLM
+  seq_relationship_logits: jax.Array | None = None   # NSP (head=pretraining)
+  start_logits: jax.Array | None = None              # QA
+  end_logits: jax.Array | None = None
 
 
 class _Ctx:
@@ -211,11 +219,11 @@ class BertSelfOutput(nnx.Module):
 
 class BertAttention(nnx.Module):
   def __init__(self, c: _Ctx, rngs):
-    setattr(self, 'self', BertSelfAttention(c, rngs))     # transformers' name for it
+    self.self = BertSelfAttention(c, rngs)     # transformers' name for it
     self.output = BertSelfOutput(c, c.cfg.hidden_size, rngs)
 
   def __call__(self, x, mask, rngs=None):
-    return self.output(getattr(self, 'self')(x, mask, rngs), x, rngs)
+    return self.output(self.self(x, mask, rngs), x, rngs)
 
 
 class BertIntermediate(nnx.Module):
@@ -277,7 +285,7 @@ class BertModel(nnx.Module):
       token_type_ids = jnp.zeros_like(input_ids)
     mask = attention_mask.astype(bool)[:, None, None, :]          # [B, 1(heads), 1(queries), keys]
     x = self.encoder(self.embeddings(input_ids, token_type_ids, rngs), mask, rngs)
-    return BertOutput(x, self.pooler(x) if self.pooler is not None else None)
+    return BertOutput(last_hidden_state=x, pooler_output=self.pooler(x) if self.pooler is not None else None)
 
   def embed(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
     """Sentence features for probes: the mean of the last hidden states over real tokens (the
@@ -344,7 +352,7 @@ class BertForPreTraining(_EmbedMixin, nnx.Module):
       h = jnp.take_along_axis(h, masked_positions[..., None], axis=1)
     logits = self.cls.predictions(h, self.bert.embeddings.word_embeddings)
     nsp = self.cls.seq_relationship(out.pooler_output).astype(jnp.float32) if self.cls.seq_relationship else None
-    return {'mlm_logits': logits, 'nsp_logits': nsp}
+    return BertOutput(logits=logits, seq_relationship_logits=nsp)
 
 
 class BertForSequenceClassification(_EmbedMixin, nnx.Module):
@@ -368,7 +376,7 @@ class BertForSequenceClassification(_EmbedMixin, nnx.Module):
       pooled = self.bert.embed(input_ids, attention_mask, token_type_ids, rngs)
     else:
       pooled = self.bert(input_ids, attention_mask, token_type_ids, rngs).pooler_output
-    return self.classifier(self.dropout(pooled, rngs=rngs)).astype(jnp.float32)
+    return BertOutput(logits=self.classifier(self.dropout(pooled, rngs=rngs)).astype(jnp.float32))
 
 
 class BertForTokenClassification(_EmbedMixin, nnx.Module):
@@ -382,7 +390,7 @@ class BertForTokenClassification(_EmbedMixin, nnx.Module):
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, rngs=None):
     check_rngs(self, rngs)
     h = self.bert(input_ids, attention_mask, token_type_ids, rngs).last_hidden_state
-    return self.classifier(self.dropout(h, rngs=rngs)).astype(jnp.float32)
+    return BertOutput(logits=self.classifier(self.dropout(h, rngs=rngs)).astype(jnp.float32))
 
 
 class BertForQuestionAnswering(_EmbedMixin, nnx.Module):
@@ -397,7 +405,7 @@ class BertForQuestionAnswering(_EmbedMixin, nnx.Module):
     check_rngs(self, rngs)
     h = self.bert(input_ids, attention_mask, token_type_ids, rngs).last_hidden_state
     logits = self.qa_outputs(h).astype(jnp.float32)
-    return {'start_logits': logits[..., 0], 'end_logits': logits[..., 1]}
+    return BertOutput(start_logits=logits[..., 0], end_logits=logits[..., 1])
 
 
 HEADS = {'none': BertModel, 'mlm': BertForPreTraining, 'pretraining': BertForPreTraining,
@@ -405,46 +413,55 @@ HEADS = {'none': BertModel, 'mlm': BertForPreTraining, 'pretraining': BertForPre
          'qa': BertForQuestionAnswering}
 
 
-def _split_cfg(cfg: dict):
-  """Model cfg -> (head, dtype name, num_labels, pooling, encoder options, BertConfig): `config` (a
-  transformers config.json or model directory, or '') gives the base, the remaining keys override
-  BertConfig fields. Encoder options: attention (auto|xla|cudnn), remat (models.REMAT)."""
-  cfg = dict(cfg)
-  head, dtype, num_labels = cfg.pop('head', 'none'), cfg.pop('dtype', 'float32'), cfg.pop('num_labels', 2)
-  pooling = cfg.pop('pooling', 'cls')
-  encoder = {k: cfg.pop(k) for k in ('attention', 'remat') if k in cfg}
-  if pooling != 'cls' and head != 'classification':
-    raise UserError(f'bert pooling={pooling!r} applies to head=classification only')
+Output = BertOutput      # what every model of the family returns (protocols.ModelFamily)
+
+
+def defaults() -> dict:
+  """Every key `build` reads beyond models.COMMON. The architecture fields are transformers.BertConfig's:
+  None takes model.config's value, else BertConfig's default (bert-base-uncased, in the comment)."""
+  arch = {f.name: placeholder(_FIELD_TYPES[f.name]) for f in dataclasses.fields(BertConfig)}
+  return dict(
+      head='none',            # none | mlm | pretraining (MLM + NSP) | classification | token_classification | qa
+      num_labels=2,           # classification heads; 1 = regression
+      pooling='cls',          # classification: cls (transformers' pooler) | mean (of the last hidden states)
+      attention='auto',       # auto | xla | cudnn (fused, GPU in half precision)
+      **arch)
+
+
+_FIELD_TYPES = {f.name: f.type if isinstance(f.type, type) else float      # float | None: classifier_dropout
+                for f in dataclasses.fields(BertConfig)}
+
+
+def _bert_config(cfg: dict) -> BertConfig:
+  """BertConfig from model.config (a transformers config.json or directory, or '') overridden by the
+  fields the model config sets."""
   base: dict[str, Any] = {}
-  if cfg.get('config'):
-    from ftjax import hf
-    base = hf.read_config(cfg['config'], expect='bert')
-    BertConfig.from_dict(base, where=hf.config_file(cfg['config']), required=REQUIRED_IN_FILE)
-  cfg.pop('config', None)
-  unknown = set(cfg) - {f.name for f in dataclasses.fields(BertConfig)}
-  if unknown:
-    raise UserError(f'model config for bert: unknown keys {sorted(unknown)}')
-  if head not in HEADS:
-    raise UserError(f'bert head={head!r}; choose one of {", ".join(HEADS)}')
-  return head, dtype, num_labels, pooling, encoder, BertConfig.from_dict({**base, **cfg})
+  if cfg['config']:
+    base = hub.read_config(cfg['config'], expect='bert')
+    BertConfig.from_dict(base, where=hub.config_file(cfg['config']), required=REQUIRED_IN_FILE)
+  fields = {f.name: cfg[f.name] for f in dataclasses.fields(BertConfig) if cfg.get(f.name) is not None}
+  return BertConfig.from_dict({**base, **fields})
 
 
 def vocab_size(cfg: dict) -> int:
-  return _split_cfg(cfg)[-1].vocab_size
+  return _bert_config(cfg).vocab_size
 
 
 def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
-  """cfg: head (none|mlm|pretraining|classification|token_classification|qa), num_labels, pooling
-  (classification: cls|mean), dtype, attention, remat, `config` and BertConfig overrides (see _split_cfg)."""
-  head, dtype, num_labels, pooling, encoder, bcfg = _split_cfg(cfg)
-  kw = dict(dtype=models.dtype(dtype), rngs=rngs, **encoder)
+  """cfg: models.COMMON's keys (but name, lora) and defaults()'s, every one present (models.resolve)."""
+  head, pooling = cfg['head'], cfg['pooling']
+  if head not in HEADS:
+    raise UserError(f'model.head={head!r}; choose one of {", ".join(HEADS)}')
+  if pooling != 'cls' and head != 'classification':
+    raise UserError(f'model.pooling={pooling!r} applies to head=classification only')
+  kw = dict(dtype=models.dtype(cfg['dtype']), rngs=rngs, attention=cfg['attention'], remat=cfg['remat'])
   if head in ('classification', 'token_classification'):
-    kw['num_labels'] = num_labels
+    kw['num_labels'] = cfg['num_labels']
   if head == 'classification':
     kw['pooling'] = pooling
   if head == 'pretraining':
     kw['nsp'] = True
-  return HEADS[head](bcfg, **kw)
+  return HEADS[head](_bert_config(cfg), **kw)
 
 
 # ---- transformers layout (ftjax/hf.py) ----------------------------------------------------------
@@ -473,30 +490,30 @@ def lr_layer(name: str) -> int | None:
   return int(m.group(2)) + 1 if m else None
 
 
-# Logical axes of every parameter (ftjax/parallel.py maps them to mesh axes): Megatron-style tensor
-# parallelism splits Q/K/V and the first MLP matrix by output, the projections back by input.
+# Logical axes of every parameter (ftjax/parallel.py maps them to mesh axes through config.sharding_rules):
+# Megatron-style tensor parallelism splits Q/K/V and the first MLP matrix by output, the projections back
+# by input; heads' dense layers split their input like the hidden size. A parameter no pattern names is
+# an error, not silently replicated.
 _KERNEL_AXES = ((r'attention\.self\.(query|key|value)$', ('embed', 'heads')),
                 (r'attention\.output\.dense$', ('heads', 'embed')),
                 (r'intermediate\.dense$', ('embed', 'mlp')),
-                (r'layer\.\d+\.output\.dense$', ('mlp', 'embed')))
+                (r'layer\.\d+\.output\.dense$', ('mlp', 'embed')),
+                (r'(pooler\.dense|predictions\.transform\.dense|seq_relationship|classifier|qa_outputs)$',
+                 ('embed', None)))
 
 
 def logical_axes(name: str, ndim: int) -> tuple:
   module, leaf = name.rsplit('.', 1)
-  kernel = next((axes for pat, axes in _KERNEL_AXES if re.search(pat, module)), ('embed', None))
   if leaf == 'embedding':
     return ('vocab', 'embed') if 'word_embeddings' in module else (None, 'embed')
-  if leaf == 'kernel':
-    return kernel
-  if leaf == 'lora_a':                    # [in, r]: split like the kernel's input
-    return (kernel[0], None)
-  if leaf == 'lora_b':                    # [r, out]
-    return (None, kernel[1])
+  if module.endswith('LayerNorm') and leaf in ('scale', 'bias'):
+    return ('embed',)
   if leaf == 'bias' and module.endswith('cls.predictions'):
     return ('vocab',)
-  if leaf == 'bias':
-    return (kernel[1],)
-  return ('embed',) if ndim == 1 else (None,) * ndim      # LayerNorm scale / bias
+  kernel = next((axes for pat, axes in _KERNEL_AXES if re.search(pat, module)), None)
+  if kernel is None or leaf not in ('kernel', 'bias', 'lora_a', 'lora_b'):
+    raise ValueError(f'bert: no logical axes for parameter {name}; name them in bert._KERNEL_AXES')
+  return {'kernel': kernel, 'bias': (kernel[1],), 'lora_a': (kernel[0], None), 'lora_b': (None, kernel[1])}[leaf]
 
 
 def hf_config(model) -> dict:

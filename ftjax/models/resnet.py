@@ -8,12 +8,14 @@ import math
 import re
 from typing import Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from ml_collections.config_dict import placeholder
 
-from ftjax import models, parallel
+from ftjax import hub, models, parallel
 from ftjax.errors import UserError
 
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -133,6 +135,13 @@ class Projector(nnx.Module):
     return self.layers[-1](x).astype(jnp.float32)
 
 
+@flax.struct.dataclass
+class ResNetOutput:
+  """What a ResNet returns, as transformers' ResNet outputs: pooled features and, with a head, logits."""
+  pooler_output: jax.Array
+  logits: jax.Array | None = None
+
+
 class ResNet(nnx.Module):
   """Stem -> 4 stages -> global average pool (`embed`) -> `head` (a named Linear, swappable).
   `projection` (hidden..., out) adds a `projector` MLP for contrastive pretraining (`project`).
@@ -192,25 +201,42 @@ class ResNet(nnx.Module):
       raise UserError('this ResNet has no projector: set model.projection, e.g. (512, 128)')
     return self.projector(feats)
 
-  def __call__(self, x, rngs=None):
+  def __call__(self, x, rngs=None) -> ResNetOutput:
     feats = self.embed(x)
-    return feats if self.head is None else self.head(feats).astype(jnp.float32)
+    return ResNetOutput(pooler_output=feats, logits=None if self.head is None else self.head(feats).astype(jnp.float32))
+
+
+Output = ResNetOutput      # what every model of the family returns (protocols.ModelFamily)
+
+
+def defaults() -> dict:
+  """Every key `build` reads beyond models.COMMON: ResNet's arguments. None takes model.config's value
+  (a transformers ResNet), else the default in the comment."""
+  return dict(
+      depth=placeholder(int),             # 50; 18 and 34 use basic blocks
+      stages=placeholder(tuple),          # blocks per stage; None: the depth's (3, 4, 6, 3) for 50
+      width=placeholder(float),           # 1.0; channels 64 * width * 2^stage
+      version=placeholder(str),           # 'v1.5' (BatchNorm) | 'v2' (BiT: GroupNorm + weight standardisation)
+      stem=placeholder(str),              # 'imagenet' (7x7/2 + max-pool) | 'small' (3x3/1, for <= 64 px)
+      in_channels=placeholder(int),       # 3
+      num_classes=placeholder(int),       # 1000; 0 = no head (features only)
+      zero_init_residual=placeholder(bool),   # True: each block starts as the identity
+      projection=placeholder(tuple),      # () ; (hidden..., out): a projector MLP for contrastive pretraining
+  )
 
 
 def build(cfg: dict, rngs: nnx.Rngs) -> ResNet:
-  """cfg: ResNet's keyword arguments, or `config` (a transformers ResNet directory / config.json) whose
-  architecture the remaining keys override (e.g. num_classes for a new head)."""
+  """cfg: models.COMMON's keys (but name, lora) and defaults()'s, every one present (models.resolve)."""
   cfg = dict(cfg)
-  dt = models.dtype(cfg.pop('dtype', 'float32'))
-  if cfg.get('config'):
-    from ftjax import hf
-    cfg = {**from_hf_config(hf.read_config(cfg['config'], expect='resnet'), where=hf.config_file(cfg['config'])),
-           **cfg}
-  cfg.pop('config', None)
-  try:
-    return ResNet(**cfg, dtype=dt, rngs=rngs)
-  except TypeError as e:
-    raise UserError(f'model config for resnet: {e}') from None
+  dt, remat, path = models.dtype(cfg.pop('dtype')), cfg.pop('remat'), cfg.pop('config')
+  args = {k: v for k, v in cfg.items() if v is not None}
+  if path:
+    args = {**from_hf_config(hub.read_config(path, expect='resnet'), where=hub.config_file(path)), **args}
+  return ResNet(**args, remat=remat, dtype=dt, rngs=rngs)
+
+
+def vocab_size(cfg: dict) -> None:
+  return None      # images, no tokens
 
 
 def lr_layer(name: str) -> int | None:
@@ -223,17 +249,16 @@ def lr_layer(name: str) -> int | None:
 
 def logical_axes(name: str, ndim: int) -> tuple:
   """Conv kernels split by output channel, BatchNorm / GroupNorm along it; dense layers (head,
-  projector) by input features."""
+  projector) by input features. A parameter none of these names is an error, not silently replicated."""
   leaf = name.rsplit('.', 1)[-1]
-  if ndim == 4:
+  if ndim == 4 and leaf == 'kernel':
     return (None, None, None, 'conv_out')
-  if leaf in ('kernel', 'lora_a'):
-    return ('embed', None)
-  if leaf == 'lora_b':
-    return (None, None)
-  if '.layers.' in name or name.startswith(('head.', 'projector.')):
-    return (None,) * ndim
-  return ('conv_out',)
+  if name.startswith(('head.', 'projector.')):
+    return {'kernel': ('embed', None), 'lora_a': ('embed', None), 'lora_b': (None, None), 'bias': (None,),
+            'scale': (None,), 'mean': (None,), 'var': (None,)}[leaf]
+  if ndim == 1 and leaf in ('scale', 'bias', 'mean', 'var'):     # BatchNorm / GroupNorm, per channel
+    return ('conv_out',)
+  raise ValueError(f'resnet: no logical axes for parameter {name}; name them in resnet.logical_axes')
 
 
 # ---- transformers layout (ResNetModel / ResNetForImageClassification; ftjax/hf.py) --------------

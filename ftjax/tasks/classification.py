@@ -6,17 +6,8 @@
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
-
-def call(model, batch, inputs, rng=None, **kw):
-  """model(*batch[inputs], rngs=...) with dropout keys derived from `rng` (train mode only)."""
-  return model(*(batch[k] for k in inputs), rngs=nnx.Rngs(dropout=rng) if rng is not None else None, **kw)
-
-
-def embed(model, batch, inputs):
-  """Frozen features for the probe evaluators: the model's `embed` (pooled, before any head)."""
-  return model.embed(*(batch[k] for k in inputs)).astype(jnp.float32)
+from ftjax.tasks import call, embed
 
 
 class Task:
@@ -27,7 +18,7 @@ class Task:
 
   def loss(self, model, batch, rng=None):
     """Mean loss over the batch and scalar metrics (means) for logging."""
-    logits = call(model, batch, self.inputs, rng).astype(jnp.float32)
+    logits = call(model, batch, self.inputs, rng).logits.astype(jnp.float32)
     labels = batch['label']
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), self.label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
@@ -35,7 +26,7 @@ class Task:
 
   def predict(self, model, batch):
     """Per-example outputs the evaluators reduce on the host: prediction, label and unsmoothed loss."""
-    logits = call(model, batch, self.inputs).astype(jnp.float32)
+    logits = call(model, batch, self.inputs).logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     return {'pred': logits.argmax(-1), 'label': batch['label'], 'loss': loss}
 

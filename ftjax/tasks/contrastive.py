@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.errors import UserError
-from ftjax.tasks.classification import embed
+from ftjax.tasks import embed
 
 
 def nt_xent(z1, z2, temperature):

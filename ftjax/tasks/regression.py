@@ -1,7 +1,7 @@
 """Regression (e.g. STS-B): mean squared error of the model's single output against batch['label']."""
 import jax.numpy as jnp
 
-from ftjax.tasks.classification import call, embed
+from ftjax.tasks import call, embed
 
 
 class Task:
@@ -10,7 +10,7 @@ class Task:
     self.inputs = tuple(cfg.get('inputs', ('image',)))
 
   def _pred(self, model, batch, rng=None):
-    return call(model, batch, self.inputs, rng).astype(jnp.float32).reshape(batch['label'].shape)
+    return call(model, batch, self.inputs, rng).logits.astype(jnp.float32).reshape(batch['label'].shape)
 
   def loss(self, model, batch, rng=None):
     err = self._pred(model, batch, rng) - batch['label'].astype(jnp.float32)
