@@ -72,10 +72,11 @@ def test_feature_evaluators_run_in_training_and_standalone(tmp_path, digits_read
       '  return c\n')
   r = run_main(f'--config={cfg}', f'--workdir={w}')
   assert r.returncode == 0, r.stderr[-3000:]
-  rows = [json.loads(l) for l in open(os.path.join(w, 'metrics.jsonl'))]
+  rows = [json.loads(line) for line in open(os.path.join(w, 'metrics.jsonl'))]
   probe = [x['probe/accuracy'] for x in rows if 'probe/accuracy' in x]
   assert len(probe) == 1 and 0.3 < probe[0] <= 1.0
-  import subprocess, sys
+  import subprocess
+  import sys
   r = subprocess.run([sys.executable, '-m', 'ftjax.evaluate', f'--config={cfg}', f'--workdir={w}',
                       '--only=probe,few,nn'], cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]

@@ -22,7 +22,7 @@ def _local(n, *args, timeout=600):
 
 
 def _rows(w):
-  return [json.loads(l) for l in open(os.path.join(w, 'metrics.jsonl'))]
+  return [json.loads(line) for line in open(os.path.join(w, 'metrics.jsonl'))]
 
 
 def test_two_processes_equal_one_process_with_two_devices(tmp_path):
@@ -79,8 +79,8 @@ def test_sweep_grid_writes_the_table_marks_the_best_and_skips_finished_runs(tmp_
   best = [x for x in rows if x['is_best'] == 'True']
   assert len(best) == 1 and float(best[0]['best']) == max(float(x['best']) for x in rows)
   for x in rows:                       # the table's numbers are the runs' own
-    vals = [json.loads(l)['eval/accuracy'] for l in open(os.path.join(x['workdir'], 'metrics.jsonl'))
-            if 'eval/accuracy' in l]
+    vals = [json.loads(line)['eval/accuracy'] for line in open(os.path.join(x['workdir'], 'metrics.jsonl'))
+            if 'eval/accuracy' in line]
     assert float(x['final']) == vals[-1] and float(x['best']) == max(vals)
   md = (tmp_path / 'sweep.md').read_text()
   assert md.count('(best)') == 1 and f"**{best[0]['name']}** (best)" in md
