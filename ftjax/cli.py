@@ -60,9 +60,12 @@ def parse(argv, fv=flags.FLAGS):
 
 
 def enable_compilation_cache():
-  """Persist compiled XLA programs: reruns and resumes skip most compilation."""
+  """Persist compiled XLA programs: reruns and resumes skip most compilation. Programs that compiled in
+  under $FTJAX_COMPILATION_CACHE_MIN_SECS (default 1 s) are not worth the disk; the tests, which start
+  many short processes on the same programs, cache them all."""
   import jax
   path = os.environ.get('FTJAX_COMPILATION_CACHE', os.path.expanduser('~/.cache/ftjax/xla'))
   if path and path != 'off':
     jax.config.update('jax_compilation_cache_dir', path)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                      float(os.environ.get('FTJAX_COMPILATION_CACHE_MIN_SECS', '1')))

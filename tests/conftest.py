@@ -7,10 +7,15 @@ import subprocess
 import sys
 import tempfile
 
-_TMP = tempfile.mkdtemp(prefix='ftjax-tests-')
+# One directory per test session, shared by the xdist workers (they share PYTEST_XDIST_TESTRUNUID): the
+# embedded datasets are built once and every compiled program is cached once, for every test process.
+_RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+_TMP = os.path.join(tempfile.gettempdir(), f'ftjax-tests-{_RUN}') if _RUN else tempfile.mkdtemp(prefix='ftjax-tests-')
+os.makedirs(_TMP, exist_ok=True)
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ['TFDS_DATA_DIR'] = os.path.join(_TMP, 'tfds')
 os.environ['FTJAX_COMPILATION_CACHE'] = os.path.join(_TMP, 'xla-cache')
+os.environ['FTJAX_COMPILATION_CACHE_MIN_SECS'] = '0'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import pytest  # noqa: E402

@@ -21,7 +21,7 @@ from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftjax import hf, hub
+from ftjax import hf, hub, models
 from ftjax.data import tokenizers
 from ftjax.errors import UserError
 from ftjax.models import bert, resnet
@@ -282,7 +282,7 @@ BAD_RESNET = {
 def test_resnet_config_fields_missing_or_mistyped(files, tmp_path, change):
   field, value = change
   d = _with_field(tmp_path, files['resnet'], field, value)
-  _user_error(lambda: resnet.build({'config': d}, nnx.Rngs(0)), os.path.join(d, 'config.json'), field)
+  _user_error(lambda: models.build({'name': 'resnet', 'config': d}, nnx.Rngs(0)), os.path.join(d, 'config.json'), field)
 
 
 # ---- tokenizers ---------------------------------------------------------------------------------
