@@ -17,6 +17,20 @@ def _fmt_time(s):
   return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported without torch: its writer imports torch (2-4 s of every run's
+  start-up) only to accept torch tensors, which ftjax never logs."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None          # `import torch` raises ImportError, which tensorboardX handles
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class Writer:
 
   def __init__(self, workdir: str, total_steps: int, batch_size: int, start_step: int = 0):
@@ -28,8 +42,7 @@ class Writer:
     self.rows = []           # rows already in metrics.jsonl (kept on resume)
     if self.main:
       self._truncate_after(start_step)
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, 'tb'), flush_secs=30)
+      self._tb = _summary_writer()(os.path.join(workdir, 'tb'), flush_secs=30)
 
   def _truncate_after(self, step):
     """On resume, drop rows the restored checkpoint never saw (written after it, before a crash)."""

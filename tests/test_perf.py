@@ -46,12 +46,14 @@ def _step(family, **model):
 
 
 def _saved_for_backward(family, **model):
-  """Bytes the forward pass keeps for the backward pass: the arrays held by jax.vjp's closure."""
+  """Bytes the forward pass keeps for the backward pass: the arrays held by jax.vjp's closure (their
+  shapes, traced abstractly: no compute)."""
   cfg = _config(family, **model)
-  graphdef, params, rest = nnx.split(models.build(cfg.model, nnx.Rngs(0)), nnx.Param, ...)
+  graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: models.build(cfg.model, nnx.Rngs(0))), nnx.Param, ...)
   task, batch = tasks.build(cfg.task), _batch(family)
-  _, vjp = jax.vjp(lambda p, r: task.loss(nnx.merge(graphdef, p, r), batch, jax.random.key(0))[0], params, rest)
-  return sum(x.nbytes for x in jax.tree.leaves(vjp))
+  residuals = jax.eval_shape(lambda p, r: jax.tree.leaves(jax.vjp(
+      lambda p, r: task.loss(nnx.merge(graphdef, p, r), batch, jax.random.key(0))[0], p, r)[1]), params, rest)
+  return sum(x.size * x.dtype.itemsize for x in residuals)
 
 
 @pytest.mark.parametrize('family', ['bert', 'resnet'])
@@ -60,7 +62,7 @@ def test_remat_gives_the_same_step_and_keeps_fewer_activations(family):
   results = {}
   for policy in ('', 'full', 'dots'):
     init, step = _step(family, remat=policy)
-    state = init()
+    state = states.initialize(init, None)
     for _ in range(2):
       state, m = step(state, batch)
     results[policy] = (_saved_for_backward(family, remat=policy), jax.device_get(m), jax.device_get(state.params))
@@ -82,7 +84,7 @@ def test_bfloat16_compute_keeps_float32_master_weights(family):
   out = {}
   for dtype in ('float32', 'bfloat16'):
     init, step = _step(family, dtype=dtype)
-    state = init()
+    state = states.initialize(init, None)
     state, m = step(state, batch)
     out[dtype] = (jax.device_get(m), state)
   m16, s16 = out['bfloat16']
