@@ -88,7 +88,7 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
             set_data_state(restored['data'])
           except Exception:
-            time.sleep(1.0)    # the failed restore's other reads finish (and complain) while muted
+            time.sleep(3.0)    # the failed restore's other reads finish (and complain) while muted, under load too
             raise
       except Exception as e:   # whatever Orbax, TensorStore or the iterator raise for damaged files
         print(f'checkpoint {where}/{step} does not restore ({brief(e)}); trying the next older one',
