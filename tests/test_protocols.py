@@ -11,7 +11,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from conftest import ROOT, run_main
-from ftjax import defaults, evals, models, parallel, protocols, registry, tasks
+from ftjax import defaults, evals, models, parallel, protocols, registry, tasks, trees
 from ftjax.errors import UserError
 
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -65,12 +65,10 @@ def test_every_parameter_has_explicit_logical_axes(name):
   for variant in VARIANTS[name]:
     model = nnx.eval_shape(lambda v=variant: models.build({'name': name, **v}, nnx.Rngs(0)))
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0] + \
-        jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(rest))[0]
-    leaves = [(p, x) for p, x in leaves if hasattr(x, 'shape') and x.ndim]
+    leaves = [*trees.flat(nnx.to_pure_dict(params)).items(), *trees.flat(nnx.to_pure_dict(rest)).items()]
+    leaves = [(n, x) for n, x in leaves if hasattr(x, 'shape') and x.ndim]
     assert len(leaves) > 10
-    for path, x in leaves:
-      dotted = '.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+    for dotted, x in leaves:
       axes = fam.logical_axes(dotted, x.ndim)
       assert len(axes) == x.ndim and set(axes) - {None} <= KNOWN_AXES, (dotted, axes)
   with pytest.raises(ValueError, match='no logical axes'):
