@@ -27,8 +27,6 @@ from flax import nnx
 from ftjax import checkpoint, data, defaults, evals, metrics, models, optim, parallel, tasks
 from ftjax import state as states
 from ftjax.errors import UserError
-# The state and its set-up live in ftjax/state.py; these names stay importable as train.X.
-
 
 @dataclasses.dataclass(frozen=True)
 class Result:
