@@ -28,6 +28,7 @@ from ftjax import checkpoint, data, defaults, evals, metrics, models, optim, par
 from ftjax import state as states
 from ftjax.errors import UserError
 
+
 @dataclasses.dataclass(frozen=True)
 class Result:
   """What train_and_evaluate did."""
