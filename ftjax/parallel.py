@@ -13,9 +13,14 @@ from ftjax.errors import UserError
 
 
 def make_mesh(shape, axes, devices=None) -> jax.sharding.Mesh:
-  """`shape` may hold one -1, meaning all remaining devices (e.g. (-1,) = pure data parallel)."""
-  devices = list(devices if devices is not None else jax.devices())
+  """`shape` may hold one -1, meaning all remaining devices (e.g. (-1,) = pure data parallel). A fully
+  given shape smaller than one process's devices takes the first ones, e.g. (1,): one device of eight."""
   shape, axes = tuple(shape), tuple(axes)
+  if devices is None:
+    devices = jax.devices()
+    if -1 not in shape and jax.process_count() == 1 and 0 < math.prod(shape) < len(devices):
+      devices = devices[:math.prod(shape)]
+  devices = list(devices)
   if len(shape) != len(axes):
     raise UserError(f'mesh_shape {shape} and mesh_axes {axes} differ in length')
   if shape.count(-1) > 1:

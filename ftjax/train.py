@@ -200,6 +200,10 @@ def make_embed_step(graphdef_eval, task):
   return embed
 
 
+def _of_devices(mesh) -> str:
+  return f' ({mesh.size} of {jax.device_count()} devices)' if mesh.size < jax.device_count() else ''
+
+
 def build_evaluators(config, g_eval, task, mesh, state_sharding):
   data_sharding = parallel.batch_sharding(mesh)
   predict_step = jax.jit(make_predict_step(g_eval, task), in_shardings=(state_sharding, data_sharding))
@@ -300,7 +304,8 @@ def train_and_evaluate(config, workdir: str) -> Result:
   n_train_params = _count(abstract.params) if trainable is None else sum(
       int(np.prod(p.shape)) for p, t in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(trainable(abstract.params))) if t)
   writer.log(f'{config.model.name}: {_count(abstract.params):,} parameters ({n_train_params:,} trained) | '
-             f'mesh {dict(mesh.shape)} | {n_train:,} train examples | {total_steps} steps of {config.input.batch_size}'
+             f'mesh {dict(mesh.shape)}{_of_devices(mesh)} | {n_train:,} train examples | '
+             f'{total_steps} steps of {config.input.batch_size}'
              + (f' | starting at step {step}' if step else ''))
 
   # ---- Loop ------------------------------------------------------------------------------------
