@@ -101,7 +101,7 @@ def from_pretrained(path: str, seed: int = 0, verbose: bool = True, reinit: str 
   the checkpoint are freshly initialised and listed in report['initialised']."""
   model_type = read_config(path)['model_type']
   state_dict = load_state_dict(path)          # a damaged weights file fails before the model is built
-  model = models.build(dict(name=MODEL_TYPES[model_type], config=path, **model_kwargs), nnx.Rngs(seed))
+  model = models.create(dict(name=MODEL_TYPES[model_type], config=path, **model_kwargs), seed)
   _, params, rest = nnx.split(model, nnx.Param, ...)
   p, s, report = convert_from_hf(state_dict, nnx.to_pure_dict(params), nnx.to_pure_dict(rest),
                                  source=path, model_type=model_type, reinit=reinit)

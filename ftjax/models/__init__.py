@@ -86,6 +86,16 @@ def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
   return model
 
 
+def create(cfg, seed: int = 0) -> nnx.Module:
+  """build(cfg, nnx.Rngs(seed)) with every initialiser in one compiled program: built eagerly, each op
+  compiles on its own (about 30 s for a small ResNet on CPU). Same values; compiled without backend
+  optimisation on CPU, as it runs once."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(cfg, nnx.Rngs(seed))))
+  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  values = jax.jit(lambda: nnx.split(build(cfg, nnx.Rngs(seed)))[1]).lower().compile(compiler_options=options)()
+  return nnx.merge(graphdef, values)
+
+
 def vocab_size(cfg) -> int | None:
   """The model's vocabulary size, for models that read tokens (None otherwise)."""
   kwargs = resolve(cfg)
