@@ -89,6 +89,7 @@ class Checkpointer:
             set_data_state(restored['data'])
           except Exception:
             time.sleep(3.0)    # the failed restore's other reads finish (and complain) while muted, under load too
+            logging.getLogger('asyncio').addFilter(_UNRETRIEVED)
             raise
       except Exception as e:   # whatever Orbax, TensorStore or the iterator raise for damaged files
         print(f'checkpoint {where}/{step} does not restore ({brief(e)}); trying the next older one',
@@ -132,6 +133,17 @@ def _step_dirs(folder: str) -> list[int]:
 
 def has_checkpoints(workdir: str) -> bool:
   return bool(_step_dirs(os.path.join(workdir, 'checkpoints')))
+
+
+class _Unretrieved(logging.Filter):
+  """Reads a failed restore abandoned can end, whenever they are garbage-collected (at exit too, after any
+  pause), in asyncio's 'Task exception was never retrieved' and a traceback: the one line said it already."""
+
+  def filter(self, record):
+    return 'exception was never retrieved' not in record.getMessage()
+
+
+_UNRETRIEVED = _Unretrieved()
 
 
 @contextlib.contextmanager
