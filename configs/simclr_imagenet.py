@@ -30,6 +30,7 @@ def get_config(arg=None):
   c.input.prefetch = 2 if smoke else 8
 
   c.model.depth = 50
+  c.model.stages = (1, 1, 1, 1) if smoke else None     # smoke: one bottleneck block per stage
   c.model.width = 0.125 if smoke else 1.0
   c.model.num_classes = 0
   c.model.projection = (64, 64, 32) if smoke else (2048, 2048, 128)
