@@ -2,6 +2,8 @@
 
 XLA_FLAGS must be set before JAX initialises a backend, hence at import time here.
 """
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -12,7 +14,13 @@ import tempfile
 _RUN = os.environ.get('PYTEST_XDIST_TESTRUNUID')
 _TMP = os.path.join(tempfile.gettempdir(), f'ftjax-tests-{_RUN}') if _RUN else tempfile.mkdtemp(prefix='ftjax-tests-')
 os.makedirs(_TMP, exist_ok=True)
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# Tests compile hundreds of small programs and run each a few steps: XLA:CPU's unoptimised code generator
+# (LLVM -O0, the loop emitters instead of the fusion emitters) compiles them 3-4x faster. Same numerics in
+# every comparison here (PyTorch parity, sharded vs one device, bit-identical resume); the main job and
+# the benchmark use XLA's defaults. FTJAX_TEST_XLA_FLAGS='' runs the suite with the defaults.
+COMPILE_FLAGS = os.environ.get('FTJAX_TEST_XLA_FLAGS',
+                               '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false')
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {COMPILE_FLAGS}')
 os.environ['TFDS_DATA_DIR'] = os.path.join(_TMP, 'tfds')
 os.environ['FTJAX_COMPILATION_CACHE'] = os.path.join(_TMP, 'xla-cache')
 os.environ['FTJAX_COMPILATION_CACHE_MIN_SECS'] = '0'
@@ -25,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main_env(devices=1):
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices} {COMPILE_FLAGS}'
   env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   return env
 
@@ -34,6 +42,21 @@ def run_main(*args, devices=1, timeout=300, **kw):
   """Runs `python -m ftjax.main ARGS` in a subprocess from the repo root; returns CompletedProcess."""
   return subprocess.run([sys.executable, '-m', 'ftjax.main', *args], cwd=ROOT, env=main_env(devices),
                         capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def run_cli(*args, one_device=True):
+  """`python -m ftjax.main ARGS` in this process, through `ftjax.main.cli`: no interpreter start-up and no
+  imports per run (~10 s each on 2 cores). One device of this process's eight unless ARGS give a mesh
+  (an 8-device mesh of simulated CPU devices makes every program 8 times over). Same fields as run_main's
+  CompletedProcess; any exception but the command line's own exit propagates."""
+  from ftjax import main
+  argv = ['ftjax.main', *args]
+  if one_device and not any(a.startswith('--config.mesh_shape=') for a in args):
+    argv.append('--config.mesh_shape=(1,)')
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = main.cli(argv)
+  return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope='session')
@@ -81,8 +104,8 @@ def fast_model(ctor):
 
 # The slowest files first: with one file per worker (--dist loadfile), a long file started last leaves
 # the other worker idle at the end. Ordered by their time on the 2-core development machine.
-SLOW_FIRST = ('test_demo.py', 'test_multiprocess.py', 'test_configs.py', 'test_resume.py', 'test_sharding.py',
-              'test_perf.py', 'test_transfer.py', 'test_fuzz.py')
+SLOW_FIRST = ('test_resume.py', 'test_multiprocess.py', 'test_configs.py', 'test_demo.py', 'test_fuzz.py',
+              'test_evals.py', 'test_sharding.py', 'test_perf.py', 'test_bench.py', 'test_transfer.py')
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from conftest import ROOT, main_env, run_main
+from conftest import ROOT, main_env, run_cli
 
 SMOKE = '--config=configs/resnet_digits.py:smoke'
 
@@ -20,29 +20,29 @@ def error_line(proc):
 
 def test_unknown_override_key_fails_before_compute(tmp_path):
   wd = tmp_path / 'w'
-  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.model.no_such_key=3'))
+  line = error_line(run_cli(SMOKE, f'--workdir={wd}', '--config.model.no_such_key=3'))
   assert 'no_such_key' in line
   assert not wd.exists()
 
 
 def test_wrong_type_override_names_the_key(tmp_path):
   wd = tmp_path / 'w'
-  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.total_steps=abc'))
+  line = error_line(run_cli(SMOKE, f'--workdir={wd}', '--config.total_steps=abc'))
   assert 'total_steps' in line
   assert not wd.exists()
 
 
 def test_missing_dataset_then_rerun_in_same_workdir_works(tmp_path, digits_ready):
   wd = tmp_path / 'w'
-  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.input.dataset=no_such_dataset_xyz'))
+  line = error_line(run_cli(SMOKE, f'--workdir={wd}', '--config.input.dataset=no_such_dataset_xyz'))
   assert 'no_such_dataset_xyz' in line
   # A real TFDS name that is not prepared: the message says how to prepare it.
-  line = error_line(run_main(SMOKE, f'--workdir={wd}', '--config.input.dataset=mnist',
+  line = error_line(run_cli(SMOKE, f'--workdir={wd}', '--config.input.dataset=mnist',
                              f'--config.input.data_dir={tmp_path / "empty"}'))
   assert "'mnist' is not prepared" in line and 'tfds build mnist' in line
   assert not (wd / 'checkpoints').exists()
   # The failed attempts left nothing that stops the corrected command.
-  ok = run_main(SMOKE, f'--workdir={wd}', '--config.total_steps=4', '--config.evals.eval.every=0')
+  ok = run_cli(SMOKE, f'--workdir={wd}', '--config.total_steps=4', '--config.evals.eval.every=0')
   assert ok.returncode == 0, ok.stderr[-3000:]
   cfg = json.loads((wd / 'config.json').read_text())
   assert cfg['input']['dataset'] == 'ftjax_digits' and cfg['total_steps'] == 4
@@ -52,7 +52,7 @@ def test_missing_dataset_then_rerun_in_same_workdir_works(tmp_path, digits_ready
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
-  line = error_line(run_main(SMOKE, f'--workdir={blocker / "sub"}'))
+  line = error_line(run_cli(SMOKE, f'--workdir={blocker / "sub"}'))
   assert 'workdir' in line and str(blocker / 'sub') in line
 
 
@@ -60,13 +60,13 @@ def test_npz_with_mismatched_lengths(tmp_path):
   path = tmp_path / 'bad.npz'
   np.savez(path, images=np.zeros((10, 8, 8), np.uint8), labels=np.zeros(9, np.int64))
   wd = tmp_path / 'w'
-  line = error_line(run_main(SMOKE, f'--workdir={wd}', f'--config.input.dataset={path}'))
+  line = error_line(run_cli(SMOKE, f'--workdir={wd}', f'--config.input.dataset={path}'))
   assert 'bad.npz' in line and '10' in line and '9' in line
   assert not (wd / 'checkpoints').exists() and not (wd / 'config.json').exists()
 
 
 def test_missing_required_flags():
-  line = error_line(run_main(SMOKE))
+  line = error_line(run_cli(SMOKE))
   assert '--workdir' in line
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_main
+from conftest import ROOT, run_cli
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
@@ -38,8 +38,9 @@ TEXT_SMOKES = ['bert_mlm_pydoc.py:smoke', 'bert_base_mlm.py:smoke', 'bert_glue.p
 
 @pytest.mark.parametrize('config', TEXT_SMOKES)
 def test_text_config_smoke_runs(config, tmp_path):
-  proc = run_main(f'--config=configs/{config}', f'--workdir={tmp_path}')
+  proc = run_cli(f'--config=configs/{config}', f'--workdir={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "mesh {'data': 1} (1 of 8 devices)" in proc.stdout          # run_cli's mesh_shape=(1,)
   with open(tmp_path / 'metrics.jsonl') as f:
     rows = [json.loads(line) for line in f]
   losses = [r['train/loss'] for r in rows if 'train/loss' in r]
@@ -49,7 +50,7 @@ def test_text_config_smoke_runs(config, tmp_path):
 
 
 def test_imagenet_recipe_smoke_runs_on_generated_data(tmp_path):
-  proc = run_main('--config=configs/resnet50_imagenet.py:smoke', f'--workdir={tmp_path}')
+  proc = run_cli('--config=configs/resnet50_imagenet.py:smoke', f'--workdir={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   cfg = json.loads((tmp_path / 'config.json').read_text())
   assert cfg['model']['depth'] == 50 and cfg['optim']['nesterov'] and cfg['model']['dtype'] == 'bfloat16'
@@ -71,7 +72,7 @@ def test_unknown_component_names_are_user_errors(package, what):
 
 @pytest.mark.parametrize('config', ['simclr_imagenet.py:smoke'])     # simclr_digits: in the demo's smoke run
 def test_simclr_config_smoke_runs_with_feature_evaluators(config, tmp_path):
-  proc = run_main(f'--config=configs/{config}', f'--workdir={tmp_path}')
+  proc = run_cli(f'--config=configs/{config}', f'--workdir={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   losses = [r['train/loss'] for r in rows if 'train/loss' in r]

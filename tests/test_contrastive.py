@@ -9,6 +9,10 @@ from ftjax import defaults, optim, parallel, tasks, train
 from ftjax import state as states
 from ftjax.tasks import contrastive
 
+# The steps (and the views) run once or twice each, on tiny inputs: compiled without LLVM's backend
+# optimisation (as states.initialize does), which halves their compile time and changes no result under test.
+FAST = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+
 
 def _nt_xent_numpy(z1, z2, t):
   """Written from the paper's definition, one anchor at a time."""
@@ -30,7 +34,7 @@ def test_nt_xent_matches_numpy_reference(n, d, t):
   rng = np.random.default_rng(n)
   z1 = rng.normal(size=(n, d)).astype(np.float32)
   z2 = (z1 + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
-  loss, acc = contrastive.nt_xent(z1, z2, t)
+  loss, acc = jax.jit(contrastive.nt_xent, static_argnums=2)(z1, z2, t)   # as in the step: one program
   want_loss, want_acc = _nt_xent_numpy(z1, z2, t)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
   np.testing.assert_allclose(acc, want_acc)
@@ -55,13 +59,15 @@ def test_loss_on_eight_devices_equals_one_device_on_the_same_global_batch():
   init, step = _setup()
   batch = digits_batch(32)
   batch['image'] = (batch['image'] + 1) / 2                   # the contrastive task takes [0, 1]
+  fresh = jax.device_get(states.initialize(init, None))      # one init, copied to both meshes
   out = {}
   for name, mesh in [('one', parallel.make_mesh((1,), ('data',), jax.devices()[:1])),
                      ('eight', parallel.make_mesh((-1,), ('data',)))]:
     rep, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    state = states.initialize(init, rep)
-    f = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, None))
+    state = jax.device_put(fresh, rep)
     gb = parallel.global_batch(batch, shard)
+    f = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, None)).lower(state, gb).compile(
+        compiler_options=FAST)
     hist = []
     for _ in range(2):
       state, m = f(state, gb)
@@ -82,19 +88,21 @@ def test_augmentations_are_random_in_range_and_reproducible():
   images = rng.uniform(0, 1, (6, 40, 40, 3)).astype(np.float32)
   task = contrastive.Task(defaults.base_config().task.copy_and_resolve_references())
   task.augment = cfg
-  v1, v2 = task.views(images, jax.random.PRNGKey(0))
+  # as in the step, under jit: one program, not one per operation
+  views = jax.jit(task.views).lower(images, jax.random.PRNGKey(0)).compile(compiler_options=FAST)
+  v1, v2 = views(images, jax.random.PRNGKey(0))
   assert v1.shape == images.shape and v2.shape == images.shape
   assert float(v1.min()) >= -1e-5 and float(v1.max()) <= 1 + 1e-5
   assert not np.allclose(v1, v2) and not np.allclose(v1, images)
-  again, _ = task.views(images, jax.random.PRNGKey(0))
+  again, _ = views(images, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(v1, again)
   # A full-area, square crop is the identity; blur keeps a constant image constant.
   square = jnp.asarray(images[:, :32, :32])
-  ident = jax.vmap(lambda k, x: contrastive.random_resized_crop(k, x, 1.0, ratio=(1.0, 1.0)))(
+  ident = jax.jit(jax.vmap(lambda k, x: contrastive.random_resized_crop(k, x, 1.0, ratio=(1.0, 1.0))))(
       jax.random.split(jax.random.PRNGKey(1), 6), square)
   np.testing.assert_allclose(ident, square, atol=1e-5)
   const = jnp.full((32, 32, 3), 0.3)
-  np.testing.assert_allclose(contrastive.gaussian_blur(jax.random.PRNGKey(2), const), const, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(contrastive.gaussian_blur)(jax.random.PRNGKey(2), const), const, atol=1e-6)
   # Hue rotation keeps grey pixels grey (the chroma of a grey is zero).
   grey = jnp.full((4, 4, 3), 0.6)
-  np.testing.assert_allclose(contrastive.color_jitter(jax.random.PRNGKey(3), grey, 0.0), grey, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(contrastive.color_jitter)(jax.random.PRNGKey(3), grey, 0.0), grey, atol=1e-5)

@@ -3,7 +3,7 @@ import json
 
 from PIL import Image
 
-from conftest import run_main
+from conftest import run_cli, run_main
 
 
 def test_demo_smoke_writes_the_report_and_skips_finished_runs_on_rerun(tmp_path):
@@ -31,8 +31,8 @@ def test_demo_smoke_writes_the_report_and_skips_finished_runs_on_rerun(tmp_path)
 
 
 def test_experiment_reference_to_a_later_run_is_a_user_error(tmp_path):
-  r = run_main('--config=configs/demo.py:smoke', f'--workdir={tmp_path}',
-               "--config.order=('digits_pretrained', 'digits_simclr')")
+  r = run_cli('--config=configs/demo.py:smoke', f'--workdir={tmp_path}',
+              "--config.order=('digits_pretrained', 'digits_simclr')", one_device=False)
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1] == (
       "ftjax: error: init.source='run:digits_simclr': no earlier run named 'digits_simclr'")

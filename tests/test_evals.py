@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, main_env, run_main
+from conftest import ROOT, main_env, run_cli
 from ftjax.evals.fewshot import fewshot_accuracy
 from ftjax.evals.knn import knn_accuracy
 from ftjax.evals.linear_probe import probe_accuracy
@@ -70,7 +70,7 @@ def test_feature_evaluators_run_in_training_and_standalone(tmp_path, digits_read
       '  c.evals.few = eval_config(type="fewshot", split="test", shots=(1, 5))\n'
       '  c.evals.nn = eval_config(type="knn", split="test", k=10)\n'
       '  return c\n')
-  r = run_main(f'--config={cfg}', f'--workdir={w}')
+  r = run_cli(f'--config={cfg}', f'--workdir={w}')     # one of this process's 8 devices, as the evaluation below
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(line) for line in open(os.path.join(w, 'metrics.jsonl'))]
   probe = [x['probe/accuracy'] for x in rows if 'probe/accuracy' in x]
@@ -78,7 +78,8 @@ def test_feature_evaluators_run_in_training_and_standalone(tmp_path, digits_read
   import subprocess
   import sys
   r = subprocess.run([sys.executable, '-m', 'ftjax.evaluate', f'--config={cfg}', f'--workdir={w}',
-                      '--only=probe,few,nn'], cwd=ROOT, env=main_env(), capture_output=True, text=True, timeout=300)
+                      '--only=probe,few,nn', '--config.mesh_shape=(1,)'], cwd=ROOT, env=main_env(8), capture_output=True,
+                     text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.load(open(os.path.join(w, 'evaluate.json')))
   assert set(res['metrics']) >= {'few/1shot', 'few/5shot', 'nn/accuracy', 'probe/accuracy'}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import run_main
+from conftest import run_cli, run_main
 
 SETTINGS = settings(max_examples=4, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -210,7 +210,7 @@ def test_tfds_dataset_without_the_fields_the_ops_read(tmp_path, digits_ready):
 
 # ---- non-finite values ----------------------------------------------------------------------------
 def test_diverging_run_stops_without_writing_nan(tmp_path):
-  r = run_main(f'--config={DIGITS}', f'--workdir={tmp_path}', '--config.optim.name=sgd', '--config.optim.lr=1e12',
+  r = run_cli(f'--config={DIGITS}', f'--workdir={tmp_path}', '--config.optim.name=sgd', '--config.optim.lr=1e12',
                '--config.optim.clip_norm=0.0', '--config.schedule.warmup_steps=0', '--config.log_every=1')
   lines = [ln for ln in r.stderr.splitlines() if ln.startswith('ftjax: error:')]
   assert r.returncode == 2 and len(lines) == 1 and 'train/' in lines[0], r.stderr[-2000:]
@@ -262,7 +262,7 @@ DAMAGE = {      # newest first: the resume meets them in this order
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, digits_ready):
   wd = str(tmp_path_factory.mktemp('ckpt') / 'ref')
-  r = run_main(*CKPT, f'--workdir={wd}')
+  r = run_main(*CKPT, f'--workdir={wd}')     # its own process: all it prints, Orbax's threads too
   assert r.returncode == 0, r.stderr[-3000:]
   assert sorted(map(int, os.listdir(os.path.join(wd, 'checkpoints')))) == [5, 10, 15, 20, 25, 30]
   return wd
@@ -275,7 +275,7 @@ def test_damaged_checkpoints_fall_back_to_the_newest_good_one_and_resume_exactly
   shutil.copytree(finished_run, wd)
   for step, (_, damage) in DAMAGE.items():
     damage(os.path.join(wd, 'checkpoints', str(step)))
-  r = run_main(*CKPT, f'--workdir={wd}')
+  r = run_main(*CKPT, f'--workdir={wd}')     # its own process: all it prints, Orbax's threads too
   assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
   notes = [ln for ln in r.stdout.splitlines() if 'does not restore' in ln]
   assert [f'{wd}/checkpoints/{step} does not restore' in ln for step, ln in zip(DAMAGE, notes)] == [True] * 5, notes
@@ -290,7 +290,7 @@ def test_no_checkpoint_restores_one_error_naming_what_to_remove(tmp_path, finish
   shutil.copytree(finished_run, wd)
   for step in os.listdir(os.path.join(wd, 'checkpoints')):
     _truncate_arrays(os.path.join(wd, 'checkpoints', step))
-  r = run_main(*CKPT, f'--workdir={wd}')
+  r = run_main(*CKPT, f'--workdir={wd}')     # its own process: all it prints, Orbax's threads too
   lines = [ln for ln in r.stderr.splitlines() if ln.startswith('ftjax: error:')]
   assert r.returncode == 2 and len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
   assert f'remove {wd}/checkpoints' in lines[0]

@@ -1,6 +1,8 @@
 """The accelerator recipe, checked on CPU: rematerialisation keeps fewer activations and changes no
 result; half-precision compute keeps fp32 master weights; device prefetch keeps the input order and
 an exact resume state."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +14,14 @@ from ftjax import defaults, models, optim, parallel, tasks, train
 from ftjax import state as states
 from ftjax.errors import UserError
 
-BERT = dict(name='bert', vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+BERT = dict(name='bert', vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=256, max_position_embeddings=64, head='classification', num_labels=3)
 RESNET = dict(name='resnet', depth=18, stages=(1, 1, 1, 1), width=0.125, stem='small', in_channels=1,
               num_classes=10)
+DEFAULTS = dict(remat='', dtype='float32')    # models.COMMON's: the baseline both tests compare against
+# The steps run twice each, on tiny inputs: compiled without LLVM's backend optimisation (as
+# states.initialize does), which halves their compile time and changes no result under test.
+FAST = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
 
 
 def _batch(family):
@@ -42,7 +48,38 @@ def _step(family, **model):
   tx, sched = optim.build(cfg.optim, cfg.schedule, 10)
   g_train, _ = states.graphdefs(cfg.model)
   init = states.make_init(cfg.model, tx, 0)
-  return init, jax.jit(train.make_train_step(g_train, tasks.build(cfg.task), tx, sched))
+  return init, train.make_train_step(g_train, tasks.build(cfg.task), tx, sched)
+
+
+@functools.lru_cache(maxsize=None)
+def _fresh(family, dtype):
+  """The fresh state of a family at a compute dtype (compiled and run once; remat changes no parameter)."""
+  init, _ = _step(family, dtype=dtype)
+  return states.initialize(init, None)
+
+
+def _trained(family, **model):
+  """[(metrics, state)] after each of two steps from the fresh state; each configuration is compiled
+  and run once per module (the remat and bfloat16 tests share their float32 baseline)."""
+  return _trained_cached(family, tuple(sorted((k, v) for k, v in model.items() if DEFAULTS.get(k) != v)))
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_cached(family, overrides):
+  model = dict(overrides)
+  init, step = _step(family, **model)
+  state = _fresh(family, model.get('dtype', DEFAULTS['dtype']))
+  # the fresh state stands for this configuration's own: the same tree of the same shapes and dtypes
+  assert jax.tree.structure(jax.eval_shape(init)) == jax.tree.structure(state)
+  assert [(x.shape, x.dtype) for x in jax.tree.leaves(jax.eval_shape(init))] == [
+      (x.shape, x.dtype) for x in jax.tree.leaves(state)]
+  batch = _batch(family)
+  step = jax.jit(step).lower(state, batch).compile(compiler_options=FAST)
+  out = []
+  for _ in range(2):
+    state, m = step(state, batch)
+    out.append((jax.device_get(m), state))
+  return out
 
 
 def _saved_for_backward(family, **model):
@@ -58,14 +95,11 @@ def _saved_for_backward(family, **model):
 
 @pytest.mark.parametrize('family', ['bert', 'resnet'])
 def test_remat_gives_the_same_step_and_keeps_fewer_activations(family):
-  batch = _batch(family)   # dropout active for BERT: recomputation must replay the same masks
+  # dropout active for BERT: recomputation must replay the same masks
   results = {}
   for policy in ('', 'full', 'dots'):
-    init, step = _step(family, remat=policy)
-    state = states.initialize(init, None)
-    for _ in range(2):
-      state, m = step(state, batch)
-    results[policy] = (_saved_for_backward(family, remat=policy), jax.device_get(m), jax.device_get(state.params))
+    m, state = _trained(family, remat=policy)[-1]
+    results[policy] = (_saved_for_backward(family, remat=policy), m, jax.device_get(state.params))
   base_saved, base_m, base_p = results['']
   for policy in ('full', 'dots'):
     _, m, p = results[policy]
@@ -80,13 +114,7 @@ def test_remat_gives_the_same_step_and_keeps_fewer_activations(family):
 
 @pytest.mark.parametrize('family', ['bert', 'resnet'])
 def test_bfloat16_compute_keeps_float32_master_weights(family):
-  batch = _batch(family)
-  out = {}
-  for dtype in ('float32', 'bfloat16'):
-    init, step = _step(family, dtype=dtype)
-    state = states.initialize(init, None)
-    state, m = step(state, batch)
-    out[dtype] = (jax.device_get(m), state)
+  out = {dtype: _trained(family, dtype=dtype)[0] for dtype in ('float32', 'bfloat16')}   # after one step
   m16, s16 = out['bfloat16']
   assert {x.dtype for x in jax.tree.leaves(s16.params)} == {jnp.dtype('float32')}
   assert {x.dtype for x in jax.tree.leaves(s16.opt_state) if x.ndim} == {jnp.dtype('float32')}
@@ -138,7 +166,8 @@ def test_bert_dropout_from_16_bit_draws_is_an_unbiased_independent_mask():
   from ftjax.models.bert import Dropout
   drop = Dropout(0.1)
   x = jnp.ones((64, 96, 128))
-  y1, y2 = (np.asarray(drop(x, rngs=nnx.Rngs(dropout=jax.random.key(k)))) for k in (0, 1))
+  masked = jax.jit(lambda x, key: drop(x, rngs=nnx.Rngs(dropout=key)))    # one program, not one per operation
+  y1, y2 = (np.asarray(masked(x, jax.random.key(k))) for k in (0, 1))
   kept = y1 > 0
   assert abs(kept.mean() - 0.9) < 0.003                       # 786k draws: sd 3.4e-4
   assert abs(y1.mean() - 1.0) < 0.004                          # scale makes the expectation exact
@@ -146,5 +175,5 @@ def test_bert_dropout_from_16_bit_draws_is_an_unbiased_independent_mask():
   both = (kept[..., 0::2] & kept[..., 1::2]).mean()
   assert abs(both - 0.81) < 0.004
   assert 0.15 < (kept != (y2 > 0)).mean() < 0.21              # other key, other mask (2 * 0.9 * 0.1)
-  np.testing.assert_array_equal(drop(x, rngs=nnx.Rngs(dropout=jax.random.key(0))), y1)   # reproducible
+  np.testing.assert_array_equal(masked(x, jax.random.key(0)), y1)   # reproducible
   assert np.array_equal(drop(x, deterministic=True), x)

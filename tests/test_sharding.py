@@ -8,14 +8,19 @@ from conftest import digits_batch
 from ftjax import defaults, models, optim, parallel, tasks, train
 from ftjax import state as states
 
-BERT = dict(name='bert', vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+# One layer: every rule applies to each layer alike, and the 8-device programs compile in half the time.
+BERT = dict(name='bert', vocab_size=96, hidden_size=64, num_hidden_layers=1, num_attention_heads=8,
             intermediate_size=128, max_position_embeddings=16, hidden_act='gelu_new', initializer_range=0.2,
             head='classification', num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
             lora=dict(rank=4, alpha=4.0, targets=r'attention\.self\.value$'))
-RESNET = dict(name='resnet', depth=18, stages=(1, 1, 1, 1), width=0.125, stem='small', in_channels=1,
+# Two stages (8 and 16 channels: both split 8 ways): a plain block and a strided one with its projection.
+RESNET = dict(name='resnet', depth=18, stages=(1, 1), width=0.125, stem='small', in_channels=1,
               num_classes=10)
 MESHES = {'dp': ((8,), ('data',)), 'fsdp': ((8,), ('fsdp',)), 'tp': ((2, 4), ('data', 'model')),
           'fsdp_tp': ((2, 4), ('fsdp', 'model'))}
+# The steps run twice each, on tiny inputs: compiled without LLVM's backend optimisation (as
+# states.initialize does), which halves their compile time and changes no result under test.
+FAST = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
 
 
 def _text_batch(b=16, t=12):
@@ -40,19 +45,24 @@ def _setup(model):
   return cfg, init, train.make_train_step(g_train, tasks.build(cfg.task), tx, sched)
 
 
-def _run(cfg, init, step, batch, mesh):
+def _run(cfg, init, step, batch, mesh, fresh=None):
+  """Two steps on `mesh`, from `fresh` (a host copy of the initial state) copied into the mesh's layout,
+  or, without it, from the state initialised straight into that layout (as the trainer does)."""
   abstract = jax.eval_shape(init)
   shard = parallel.state_shardings(abstract, mesh, cfg.sharding_rules,
                                    models.get_module(cfg.model.name).logical_axes)
-  state = states.initialize(init, shard)
+  state = states.initialize(init, shard) if fresh is None else jax.device_put(fresh, shard)
+  _run.fresh = jax.device_get(state)
   data = parallel.batch_sharding(mesh)
-  f = jax.jit(step, in_shardings=(shard, data), out_shardings=(shard, None), donate_argnums=0)
+  gb = parallel.global_batch(batch, data)
   hist = []
   with parallel.sharding(mesh, cfg.sharding_rules):   # as the trainer does: activations pinned too
+    lowered = jax.jit(step, in_shardings=(shard, data), out_shardings=(shard, None), donate_argnums=0).lower(state, gb)
+    _run.hlo = lowered.as_text()
+    f = lowered.compile(compiler_options=FAST)
     for _ in range(2):
-      state, m = f(state, parallel.global_batch(batch, data))
+      state, m = f(state, gb)
       hist.append(jax.device_get(m))
-    _run.hlo = f.lower(jax.eval_shape(lambda: state), parallel.global_batch(batch, data)).as_text()
   return hist, state, shard, abstract
 
 
@@ -62,14 +72,17 @@ def family(request):
   batch = _text_batch() if request.param == 'bert' else digits_batch(16)
   cfg, init, step = _setup(model)
   one = _run(cfg, init, step, batch, parallel.make_mesh((1,), ('data',), jax.devices()[:1]))
-  return request.param, cfg, init, step, batch, one
+  return request.param, cfg, init, step, batch, one, _run.fresh
 
 
 @pytest.mark.parametrize('strategy', sorted(MESHES))
 def test_strategy_matches_one_device(family, strategy):
-  name, cfg, init, step, batch, (h1, s1, _, _) = family
+  name, cfg, init, step, batch, (h1, s1, _, _), fresh = family
   shape, axes = MESHES[strategy]
-  h8, s8, shard, _ = _run(cfg, init, step, batch, parallel.make_mesh(shape, axes))
+  # The single-device initial state, copied into the strategy's layout; fsdp_tp, the most split layout,
+  # initialises straight into it, as the trainer does, so the sharded init is checked against it too.
+  h8, s8, shard, _ = _run(cfg, init, step, batch, parallel.make_mesh(shape, axes),
+                          None if strategy == 'fsdp_tp' else fresh)
   for a, b in zip(h1, h8):
     np.testing.assert_allclose(a['train/loss'], b['train/loss'], rtol=2e-5)
     np.testing.assert_allclose(a['train/grad_norm'], b['train/grad_norm'], rtol=1e-4)
@@ -92,7 +105,7 @@ def test_strategy_matches_one_device(family, strategy):
 
 
 def test_fsdp_holds_an_eighth_of_parameters_and_optimizer_state(family):
-  _, cfg, init, step, batch, (_, _, _, abstract) = family
+  _, cfg, init, step, batch, (_, _, _, abstract), _ = family
   mesh = parallel.make_mesh((8,), ('fsdp',))
   shard = parallel.state_shardings(abstract, mesh, cfg.sharding_rules,
                                    models.get_module(cfg.model.name).logical_axes)
@@ -102,22 +115,51 @@ def test_fsdp_holds_an_eighth_of_parameters_and_optimizer_state(family):
   assert part(shard) <= part(rep) / 7, (part(shard), part(rep))
 
 
-@pytest.mark.parametrize('first,second', [(8, 1), (1, 8)], ids=['8-to-1', '1-to-8'])
-def test_checkpoint_restores_onto_another_topology(first, second, tmp_path):
-  """Saved under FSDP on `first` devices, resumed on `second`: the run continues to the same losses."""
+def _cli(*args):
+  """`python -m ftjax.main ARGS` in this process (its 8 devices): exit status and stdout."""
+  import contextlib
+  import io
+  from ftjax import main
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    code = main.cli(['ftjax.main', *args])
+  return code, out.getvalue()
+
+
+@pytest.fixture(scope='module')
+def topology_runs(tmp_path_factory):
+  """One FSDP run of 20 steps on 8 devices (this process), saving every 5 steps; cut back to step 10
+  and resumed on 1 device (a process with one device), which saves steps 15 and 20; cut back to that
+  run's step 15 and resumed on 8 devices. Each direction's resume must continue to the first run's losses."""
   import json
   import shutil
   from conftest import run_main
-  args = ['--config=configs/resnet_digits.py:smoke', f'--workdir={tmp_path}', "--config.mesh_axes=('fsdp',)",
-          '--config.checkpoint.best_metric=', '--config.evals.eval.every=0']
-  r = run_main(*args, devices=first)
+  workdir = tmp_path_factory.mktemp('topology')
+  args = ['--config=configs/resnet_digits.py:smoke', f'--workdir={workdir}', "--config.mesh_axes=('fsdp',)",
+          '--config.checkpoint.best_metric=', '--config.evals.eval.every=0', '--config.checkpoint.every=5',
+          '--config.checkpoint.keep=3', '--config.model.stages=(1, 1)']    # a small ResNet: faster compiles
+  metrics = lambda: [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  code, out = _cli(*args)
+  assert code == 0, out[-2000:]
+  assert "'fsdp': 8" in out
+  full = metrics()
+  for step in (15, 20):                                      # back to step 10, as after a crash
+    shutil.rmtree(workdir / 'checkpoints' / str(step))
+  r = run_main(*args, devices=1)
   assert r.returncode == 0, r.stderr[-2000:]
-  full = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-  shutil.rmtree(tmp_path / 'checkpoints' / '20')              # back to step 10, as after a crash
-  r = run_main(*args, devices=second)
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert 'resumed from' in r.stdout and f"'fsdp': {second}" in r.stdout
-  again = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  runs = {(8, 1): (full, r.stdout, metrics(), 10)}
+  shutil.rmtree(workdir / 'checkpoints' / '20')              # back to step 15, saved by the 1-device run
+  code, out = _cli(*args)
+  assert code == 0, out[-2000:]
+  runs[(1, 8)] = (full, out, metrics(), 15)
+  return runs
+
+
+@pytest.mark.parametrize('first,second', [(8, 1), (1, 8)], ids=['8-to-1', '1-to-8'])
+def test_checkpoint_restores_onto_another_topology(first, second, topology_runs):
+  """Saved under FSDP on `first` devices, resumed on `second`: the run continues to the same losses."""
+  full, stdout, again, step = topology_runs[first, second]
+  assert 'resumed from' in stdout and f'checkpoints/{step}' in stdout and f"'fsdp': {second}" in stdout
   assert [x['step'] for x in again] == [x['step'] for x in full]
   for a, b in zip(full, again):
     for k in a:
@@ -130,7 +172,8 @@ def test_aot_memory_report_for_a_mesh_without_training(tmp_path):
   import sys
   from conftest import ROOT, main_env
   r = subprocess.run([sys.executable, '-m', 'ftjax.aot', '--config=configs/bert_base_mlm.py:smoke',
-                      f'--workdir={tmp_path}', '--devices=8', "--config.mesh_axes=('fsdp',)"],
+                      f'--workdir={tmp_path}', '--devices=8', "--config.mesh_axes=('fsdp',)",
+                      '--config.model.num_hidden_layers=1'],
                      cwd=ROOT, env=main_env(1), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "mesh {'fsdp': 8}" in r.stdout
