@@ -14,9 +14,6 @@ from ftjax.errors import UserError
 # Every setup here uses SGD with momentum: one optimizer-state structure, so one initial state serves
 # them all (a single-step comparison is unaffected: the first momentum update is the gradient itself).
 MOMENTUM = dict(momentum=0.9)
-# The programs run once each, on tiny inputs: compiled without LLVM's backend optimisation (as
-# states.initialize does), which halves their compile time and changes no result under test.
-FAST = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,7 +30,7 @@ def _run(setup, mesh, batch, n_steps=2):
   gb = parallel.global_batch(batch, shard)
   assert len(gb['image'].sharding.device_set) == mesh.size
   step = jax.jit(setup['step'], in_shardings=(rep, shard), out_shardings=(rep, None)).lower(
-      state, gb).compile(compiler_options=FAST)
+      state, gb).compile()
   history = []
   for _ in range(n_steps):
     state, m = step(state, gb)

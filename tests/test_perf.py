@@ -19,9 +19,6 @@ BERT = dict(name='bert', vocab_size=128, hidden_size=64, num_hidden_layers=2, nu
 RESNET = dict(name='resnet', depth=18, stages=(1, 1, 1, 1), width=0.125, stem='small', in_channels=1,
               num_classes=10)
 DEFAULTS = dict(remat='', dtype='float32')    # models.COMMON's: the baseline both tests compare against
-# The steps run twice each, on tiny inputs: compiled without LLVM's backend optimisation (as
-# states.initialize does), which halves their compile time and changes no result under test.
-FAST = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
 
 
 def _batch(family):
@@ -74,7 +71,7 @@ def _trained_cached(family, overrides):
   assert [(x.shape, x.dtype) for x in jax.tree.leaves(jax.eval_shape(init))] == [
       (x.shape, x.dtype) for x in jax.tree.leaves(state)]
   batch = _batch(family)
-  step = jax.jit(step).lower(state, batch).compile(compiler_options=FAST)
+  step = jax.jit(step).lower(state, batch).compile()
   out = []
   for _ in range(2):
     state, m = step(state, batch)

@@ -10,7 +10,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from ftjax import defaults, evals, models, parallel, protocols, registry, tasks, trees
 from ftjax.errors import UserError
 
@@ -157,17 +157,10 @@ def test_unknown_key_in_a_config_file_fails_before_compute(tmp_path, setting, me
                   '  c = mod.get_config("smoke")\n'
                   f'  {setting}\n'
                   '  return c\n')
-  # `python -m ftjax.main` run in this process (ftjax.main.cli): the same parsing, checks and exit status.
-  import contextlib
-  import io
-  from ftjax import main
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-    code = main.cli(['ftjax.main', f'--config={path}', f'--workdir={tmp_path / "w"}'])
-  stderr = err.getvalue()
-  assert code == 2, stderr[-2000:]
-  assert stderr.strip().splitlines() == [stderr.strip()] and message in stderr, stderr
-  assert 'Traceback' not in stderr
+  proc = run_cli(f'--config={path}', f'--workdir={tmp_path / "w"}', one_device=False)   # python -m ftjax.main, in-process
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr, proc.stderr
+  assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'w').exists()
 
 

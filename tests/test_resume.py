@@ -5,8 +5,6 @@ devices, like this one): the runs that get no signal run in this process (`ftjax
 cost), the ones that are signalled or killed in their own, and all of them compute bit for bit the same
 programs (from the same compilation cache), so they can be compared exactly.
 """
-import contextlib
-import io
 import json
 import os
 import re
@@ -18,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, main_env
+from conftest import ROOT, main_env, run_cli
 
 DEVICES = 8                  # as in this process: in-process and subprocess runs are bit-comparable
 STEPS, EVERY = 120, 20       # periodic checkpoints every 20 steps (2 kept); the signals come near 45, far
@@ -52,15 +50,6 @@ def tb_scalar_tags(workdir):
   return tags
 
 
-def cli(*args):
-  """`python -m ftjax.main ARGS` in this process (ftjax.main.cli); a CompletedProcess like subprocess.run's."""
-  from ftjax import main
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = main.cli(['ftjax.main', *args])
-  return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 def start(args, workdir):
   return subprocess.Popen([sys.executable, '-m', 'ftjax.main', *args, f'--workdir={workdir}'], cwd=ROOT,
                           env=main_env(DEVICES), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -80,7 +69,7 @@ def wait_for_step(proc, n):
 def reference(tmp_path_factory, digits_ready):
   """The uninterrupted run every interrupted one is compared with."""
   ref = str(tmp_path_factory.mktemp('ref'))
-  full = cli(*ARGS, f'--workdir={ref}')
+  full = run_cli(*ARGS, f'--workdir={ref}')
   assert full.returncode == 0, full.stderr[-3000:]
   return ref
 
@@ -107,7 +96,7 @@ def interrupted(tmp_path_factory, reference):
   out.update(term_code=termed.returncode, term_out=head + tail, term_err=err,
              after_term=sorted(os.listdir(os.path.join(cut, 'checkpoints'))))
 
-  out['final'] = cli(*ARGS, f'--workdir={cut}')
+  out['final'] = run_cli(*ARGS, f'--workdir={cut}')
   return out
 
 
@@ -162,7 +151,7 @@ def test_rerun_of_finished_job_does_nothing(interrupted):
   wd = interrupted['workdir']
   assert interrupted['final'].returncode == 0
   n, ckpts = rows(wd), sorted(os.listdir(os.path.join(wd, 'checkpoints')))
-  again = cli(*ARGS, f'--workdir={wd}')
+  again = run_cli(*ARGS, f'--workdir={wd}')
   assert again.returncode == 0 and 'nothing to do' in again.stdout, again.stderr[-3000:]
   assert rows(wd) == n and sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ckpts
 
@@ -199,7 +188,7 @@ def test_signals_during_an_evaluation_stop_within_seconds_and_it_is_redone(tmp_p
   assert code == 0 and 'Traceback' not in err, err[-3000:]
   assert abandoned is not None and 'SIGTERM: saved step 10' in out, out[-3000:]
   assert not [r for r in rows(wd) if 'eval/accuracy' in r]
-  again = cli(*args, f'--workdir={wd}')
+  again = run_cli(*args, f'--workdir={wd}')
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'resumed from {wd}/checkpoints/10' in again.stdout and 'redoing the evaluations' in again.stdout
   evals = [r for r in rows(wd) if 'eval/accuracy' in r]
@@ -212,6 +201,6 @@ def test_signals_during_an_evaluation_stop_within_seconds_and_it_is_redone(tmp_p
   code, out, err, _, _ = interrupt_evaluation(wd, second_after=0.3)
   assert code == 128 + signal.SIGTERM, err[-3000:]
   assert err.startswith('ftjax: error: second SIGTERM') and len(err.strip().splitlines()) == 1
-  again = cli(*args, f'--workdir={wd}', '--config.evals.eval.split=test[:64]')   # resumable (or afresh)
+  again = run_cli(*args, f'--workdir={wd}', '--config.evals.eval.split=test[:64]')   # resumable (or afresh)
   assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
   assert [r['step'] for r in rows(wd) if 'eval/accuracy' in r] == [10]

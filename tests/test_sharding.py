@@ -18,9 +18,6 @@ RESNET = dict(name='resnet', depth=18, stages=(1, 1), width=0.125, stem='small',
               num_classes=10)
 MESHES = {'dp': ((8,), ('data',)), 'fsdp': ((8,), ('fsdp',)), 'tp': ((2, 4), ('data', 'model')),
           'fsdp_tp': ((2, 4), ('fsdp', 'model'))}
-# The steps run twice each, on tiny inputs: compiled without LLVM's backend optimisation (as
-# states.initialize does), which halves their compile time and changes no result under test.
-FAST = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
 
 
 def _text_batch(b=16, t=12):
@@ -59,7 +56,7 @@ def _run(cfg, init, step, batch, mesh, fresh=None):
   with parallel.sharding(mesh, cfg.sharding_rules):   # as the trainer does: activations pinned too
     lowered = jax.jit(step, in_shardings=(shard, data), out_shardings=(shard, None), donate_argnums=0).lower(state, gb)
     _run.hlo = lowered.as_text()
-    f = lowered.compile(compiler_options=FAST)
+    f = lowered.compile()
     for _ in range(2):
       state, m = f(state, gb)
       hist.append(jax.device_get(m))
@@ -115,17 +112,6 @@ def test_fsdp_holds_an_eighth_of_parameters_and_optimizer_state(family):
   assert part(shard) <= part(rep) / 7, (part(shard), part(rep))
 
 
-def _cli(*args):
-  """`python -m ftjax.main ARGS` in this process (its 8 devices): exit status and stdout."""
-  import contextlib
-  import io
-  from ftjax import main
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    code = main.cli(['ftjax.main', *args])
-  return code, out.getvalue()
-
-
 @pytest.fixture(scope='module')
 def topology_runs(tmp_path_factory):
   """One FSDP run of 20 steps on 8 devices (this process), saving every 5 steps; cut back to step 10
@@ -133,15 +119,15 @@ def topology_runs(tmp_path_factory):
   run's step 15 and resumed on 8 devices. Each direction's resume must continue to the first run's losses."""
   import json
   import shutil
-  from conftest import run_main
+  from conftest import run_cli, run_main
   workdir = tmp_path_factory.mktemp('topology')
   args = ['--config=configs/resnet_digits.py:smoke', f'--workdir={workdir}', "--config.mesh_axes=('fsdp',)",
           '--config.checkpoint.best_metric=', '--config.evals.eval.every=0', '--config.checkpoint.every=5',
           '--config.checkpoint.keep=3', '--config.model.stages=(1, 1)']    # a small ResNet: faster compiles
   metrics = lambda: [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  code, out = _cli(*args)
-  assert code == 0, out[-2000:]
-  assert "'fsdp': 8" in out
+  r = run_cli(*args, one_device=False)               # this process's 8 devices
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "'fsdp': 8" in r.stdout
   full = metrics()
   for step in (15, 20):                                      # back to step 10, as after a crash
     shutil.rmtree(workdir / 'checkpoints' / str(step))
@@ -149,9 +135,9 @@ def topology_runs(tmp_path_factory):
   assert r.returncode == 0, r.stderr[-2000:]
   runs = {(8, 1): (full, r.stdout, metrics(), 10)}
   shutil.rmtree(workdir / 'checkpoints' / '20')              # back to step 15, saved by the 1-device run
-  code, out = _cli(*args)
-  assert code == 0, out[-2000:]
-  runs[(1, 8)] = (full, out, metrics(), 15)
+  r = run_cli(*args, one_device=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  runs[(1, 8)] = (full, r.stdout, metrics(), 15)
   return runs
 
 
