@@ -25,6 +25,7 @@ from flax import nnx
 
 from ftjax import checkpoint, hf, hub, models, parallel, trees
 from ftjax.errors import UserError
+from ftjax.models import initialize   # the compile-once runner the state's set-up uses
 
 
 @flax.struct.dataclass
@@ -55,14 +56,6 @@ def make_init(model_cfg, tx, seed: int):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
                       opt_state=tx.init(params), rng=jax.random.fold_in(key, 1))
   return init
-
-
-def initialize(init, shardings):
-  """Runs `init` under jit straight into `shardings`. It runs once, so on CPU it is compiled without
-  backend optimisation: the random-number code otherwise takes seconds to compile, even for tiny models."""
-  compiled = jax.jit(init, out_shardings=shardings).lower().compile(
-      compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
-  return compiled()
 
 
 def load_pretrained(state, cfg_init, model_cfg, mesh_sharding):

@@ -63,7 +63,7 @@ def test_loss_on_eight_devices_equals_one_device_on_the_same_global_batch():
     rep, shard = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state = jax.device_put(fresh, rep)
     gb = parallel.global_batch(batch, shard)
-    f = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, None)).lower(state, gb).compile()
+    f = jax.jit(step, in_shardings=(rep, shard), out_shardings=(rep, None))
     hist = []
     for _ in range(2):
       state, m = f(state, gb)
@@ -85,7 +85,7 @@ def test_augmentations_are_random_in_range_and_reproducible():
   task = contrastive.Task(defaults.base_config().task.copy_and_resolve_references())
   task.augment = cfg
   # as in the step, under jit: one program, not one per operation
-  views = jax.jit(task.views).lower(images, jax.random.PRNGKey(0)).compile()
+  views = jax.jit(task.views)
   v1, v2 = views(images, jax.random.PRNGKey(0))
   assert v1.shape == images.shape and v2.shape == images.shape
   assert float(v1.min()) >= -1e-5 and float(v1.max()) <= 1 + 1e-5

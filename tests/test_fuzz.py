@@ -5,8 +5,6 @@ one JAX start-up) and asserts exit status 2, exactly one `ftjax: error:` line na
 no traceback (any other exception would fail the test), and the workdir left as it was. Damaged
 checkpoints are different: the run falls back to the next older one and continues exactly.
 """
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -25,15 +23,12 @@ TEXT = 'configs/bert_finetune_sentiment.py:smoke'
 
 def cli(tmp_path, *args, config=DIGITS):
   """Runs the command line in this process on a workdir that does not exist yet; returns the error line."""
-  from ftjax import main
   workdir = tmp_path / 'no_such_workdir_yet'
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err):
-    code = main.cli(['ftjax.main', f'--config={config}', f'--workdir={workdir}', *args])
-  lines = err.getvalue().strip().splitlines()
-  assert code == 2, err.getvalue()[-2000:]
+  r = run_cli(f'--config={config}', f'--workdir={workdir}', *args, one_device=False)
+  lines = r.stderr.strip().splitlines()
+  assert r.returncode == 2, r.stderr[-2000:]
   assert len(lines) == 1 and lines[0].startswith('ftjax: error: '), lines
-  assert 'Traceback' not in err.getvalue()
+  assert 'Traceback' not in r.stderr
   assert not workdir.exists(), sorted(os.listdir(workdir))        # nothing created, nothing written
   return lines[0]
 
@@ -188,17 +183,15 @@ def test_image_folder_with_a_damaged_file(tmp_path, victim, how):
     Image.fromarray(np.full((8, 8, 3), k * 20, np.uint8)).save(files[-1])
   raw = files[victim].read_bytes()
   files[victim].write_bytes({'truncate': raw[:len(raw) // 2], 'garbage': b'not an image' * 7, 'empty': b''}[how])
-  from ftjax.main import cli as run
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-    code = run(['ftjax.main', f'--config={DIGITS}', f'--workdir={tmp_path / "w"}', f'--config.input.dataset={root}',
-                '--config.input.batch_size=8', '--config.input.train_split=train[:12]', '--config.total_steps=3',
-                '--config.evals.eval.split=train', '--config.evals.test.split=train', '--config.model.in_channels=3',
-                '--config.input.pp_train=resize(8)|normalize(0.5, 0.5)', '--config.input.pp_eval=resize(8)|normalize(0.5, 0.5)'])
-  lines = err.getvalue().strip().splitlines()
+  r = run_cli(f'--config={DIGITS}', f'--workdir={tmp_path / "w"}', f'--config.input.dataset={root}',
+              '--config.input.batch_size=8', '--config.input.train_split=train[:12]', '--config.total_steps=3',
+              '--config.evals.eval.split=train', '--config.evals.test.split=train', '--config.model.in_channels=3',
+              '--config.input.pp_train=resize(8)|normalize(0.5, 0.5)', '--config.input.pp_eval=resize(8)|normalize(0.5, 0.5)',
+              one_device=False)
+  lines = r.stderr.strip().splitlines()
   # A damaged file deep in a folder is found when the pipeline reaches it (folders are read lazily):
   # one line naming it, exit 2, whenever that is.
-  assert code == 2 and len(lines) == 1 and files[victim].name in lines[0], err.getvalue()[-2000:]
+  assert r.returncode == 2 and len(lines) == 1 and files[victim].name in lines[0], r.stderr[-2000:]
 
 
 def test_tfds_dataset_without_the_fields_the_ops_read(tmp_path, digits_ready):

@@ -29,8 +29,7 @@ def _run(setup, mesh, batch, n_steps=2):
   state = jax.device_put(_initial_state(), rep)
   gb = parallel.global_batch(batch, shard)
   assert len(gb['image'].sharding.device_set) == mesh.size
-  step = jax.jit(setup['step'], in_shardings=(rep, shard), out_shardings=(rep, None)).lower(
-      state, gb).compile()
+  step = jax.jit(setup['step'], in_shardings=(rep, shard), out_shardings=(rep, None))
   history = []
   for _ in range(n_steps):
     state, m = step(state, gb)

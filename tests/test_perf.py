@@ -71,7 +71,7 @@ def _trained_cached(family, overrides):
   assert [(x.shape, x.dtype) for x in jax.tree.leaves(jax.eval_shape(init))] == [
       (x.shape, x.dtype) for x in jax.tree.leaves(state)]
   batch = _batch(family)
-  step = jax.jit(step).lower(state, batch).compile()
+  step = jax.jit(step)
   out = []
   for _ in range(2):
     state, m = step(state, batch)

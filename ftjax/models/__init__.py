@@ -86,14 +86,19 @@ def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
   return model
 
 
+def initialize(init, shardings=None):
+  """Runs `init` under jit straight into `shardings`. It runs once, so on CPU it is compiled without
+  backend optimisation: the random-number code otherwise takes seconds to compile, even for tiny models."""
+  compiled = jax.jit(init, out_shardings=shardings).lower().compile(
+      compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
+  return compiled()
+
+
 def create(cfg, seed: int = 0) -> nnx.Module:
-  """build(cfg, nnx.Rngs(seed)) with every initialiser in one compiled program: built eagerly, each op
-  compiles on its own (about 30 s for a small ResNet on CPU). Same values; compiled without backend
-  optimisation on CPU, as it runs once."""
+  """build(cfg, nnx.Rngs(seed)) with every initialiser in one compiled program (`initialize`): built
+  eagerly, each op compiles on its own (about 30 s for a small ResNet on CPU). Same values."""
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(cfg, nnx.Rngs(seed))))
-  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  values = jax.jit(lambda: nnx.split(build(cfg, nnx.Rngs(seed)))[1]).lower().compile(compiler_options=options)()
-  return nnx.merge(graphdef, values)
+  return nnx.merge(graphdef, initialize(lambda: nnx.split(build(cfg, nnx.Rngs(seed)))[1]))
 
 
 def vocab_size(cfg) -> int | None:
