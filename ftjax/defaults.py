@@ -39,11 +39,18 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
       prefetch=4,             # batches read ahead on the host
       device_prefetch=2,      # batches copied to the devices ahead of the step (0 = none)
       # Text
-      tokenizer='',           # model dir / tokenizer.json, or 'train:<vocab size>' (WordPiece on the train split)
-      text_field='text',      # the field packed for MLM (input.pack)
+      # model dir (tokenizer.json, vocab.txt, or GPT-2's vocab.json + merges.txt), or trained on the train
+      # split once: 'train:<vocab size>' (WordPiece, BERT's specials), 'bpe:<vocab size>' (byte-level BPE, GPT-2's
+      # <|endoftext|> ends documents and pads)
+      tokenizer='',
+      text_field='text',      # the field packed for MLM (input.pack) or causal LM (input.causal_pack)
       max_len=128,
       pack=False,             # documents -> fixed-length [CLS] ... [SEP] sequences (MLM pretraining)
       nsp=False,              # with pack: sentence pairs and next_sentence_label
+      # documents + EOS, concatenated and cut into max_len blocks, streamed (causal-LM pretraining)
+      causal_pack=False,
+      doc_mask=False,         # with causal_pack: segment_ids keep attention and the loss inside each document
+      block_shuffle=1000,     # with causal_pack: train blocks shuffled in windows of this many (0 = in order)
   ))
 
   # models.COMMON (name, dtype, remat, config, lora) and the family's own keys (models.defaults).

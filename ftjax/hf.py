@@ -1,9 +1,9 @@
-"""transformers model directories <-> ftjax models (BERT, ResNet v1.5), both ways, without pickles.
+"""transformers model directories <-> ftjax models (BERT, GPT-2, ResNet v1.5), both ways, without pickles.
 
 The files are read by ftjax/hub.py (safetensors first). Each model family names its parameters after
 transformers' modules and says how one maps to the other (`hf_name`: the name and a layout, 'T' for a
 transposed dense kernel, 'conv' for HWIO <-> OIHW); this file only renames, re-lays-out and reports.
-The base model's prefix (`bert.`, `resnet.`) is optional on both sides, so a base checkpoint loads into
+The base model's prefix (`bert.`, `transformer.`, `resnet.`) is optional on both sides, so a base checkpoint loads into
 a model with a head and the reverse.
 """
 import json
@@ -19,7 +19,9 @@ from ftjax.errors import UserError
 from ftjax.hub import MODEL_TYPES, load_state_dict, read_config
 
 IGNORED_SOURCE_KEYS = ('position_ids', 'cls.predictions.decoder.weight', 'cls.predictions.decoder.bias',
-                       'num_batches_tracked')
+                       'num_batches_tracked',
+                       '.attn.bias', '.attn.masked_bias',   # GPT-2's causal-mask buffers in old checkpoints
+                       'lm_head.weight')                     # GPT-2's LM head: tied to wte
 LAYOUTS = {None: (lambda w: w, lambda w: w), 'T': (np.transpose, np.transpose),
            'conv': (lambda w: w.transpose(2, 3, 1, 0), lambda w: w.transpose(3, 2, 0, 1))}   # (from hf, to hf)
 

@@ -10,7 +10,7 @@ import re
 from ftjax.errors import UserError, brief, read_text
 
 # transformers model_type -> ftjax model name (a module under ftjax.models with hf_name / hf_config).
-MODEL_TYPES = {'bert': 'bert', 'resnet': 'resnet'}
+MODEL_TYPES = {'bert': 'bert', 'resnet': 'resnet', 'gpt2': 'gpt2'}
 
 
 def resolve(path) -> str:
@@ -72,7 +72,8 @@ def read_config(path: str, expect: str | None = None) -> dict:
   if mt not in MODEL_TYPES:
     raise UserError(f'{p}: model_type={mt!r} is not supported; ftjax converts {", ".join(MODEL_TYPES)}')
   if expect and mt != expect:
-    raise UserError(f'{p}: model_type={mt!r}, expected a {expect} checkpoint (model.name={expect})')
+    raise UserError(f'{p}: model_type={mt!r}, expected a {expect} checkpoint (model.name={expect}); it is a '
+                    f'{mt} model: set model.name={MODEL_TYPES[mt]}, or point model.config at a {expect} checkpoint')
   return cfg
 
 

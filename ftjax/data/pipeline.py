@@ -3,12 +3,16 @@ check_split and eval_batches alike):
 
 1. tokenizers.tokenizer: input.tokenizer loaded, or trained once on the train split (read with sources);
 2. `_source`: the split from sources.get_source, or with input.pack from packing.packed, which reads it
-   the same way and packs its documents into fixed-length sequences once per process;
+   the same way and packs its documents into fixed-length sequences once per process (with
+   input.causal_pack, packing.causal_split: the split cut into blocks, for evaluation);
 3. ops.parse: the per-example ops of pp_train / pp_eval (registered by image_ops and text_ops, imported
    here), every example checked as it is made (`_examples`);
 4. grain. Train: this process's shard -> shuffle (reshuffled every epoch) -> repeat -> per-example
    ops with a (seed, index) rng -> batch. The iterator's state is one integer, saved with checkpoints,
    so a resumed run sees exactly the batches an uninterrupted run would have.
+   Train with input.causal_pack (`_causal_train_iterator`): documents shuffled every epoch -> tokens +
+   EOS -> blocks (packing.causal_blocks) -> blocks shuffled in windows -> ops -> global batches, of
+   which each process keeps its rows; the state is grain's nested dict (packing.Resumable).
    Eval: every example exactly once, the last batch padded and masked (`_mask`), the same number of
    batches on every process.
 """
@@ -28,12 +32,33 @@ def local_batch_size(global_batch, process_count, what='input.batch_size'):
 
 
 def _source(cfg, split, tok):
-  """Step 2: the split's examples, or with input.pack its packed sequences."""
+  """Step 2: the split's examples, or with input.pack its packed sequences, or with input.causal_pack
+  its blocks."""
+  if cfg.get('causal_pack'):
+    _check_causal(cfg, split, tok)
+    return packing.causal_split(cfg.dataset, split, cfg.data_dir, cfg.text_field, cfg.max_len,
+                                bool(cfg.get('doc_mask')), tok)
   if not cfg.get('pack'):
     return sources.get_source(cfg.dataset, split, cfg.data_dir)
   if tok is None:
     raise UserError('input.pack needs input.tokenizer')
   return packing.packed(cfg.dataset, split, cfg.data_dir, cfg.text_field, cfg.max_len, cfg.nsp, tok)
+
+
+def _check_causal(cfg, split, tok):
+  """input.causal_pack's settings and the split's text field, before any tokenisation."""
+  if cfg.get('pack'):
+    raise UserError('input.pack (MLM sequences) and input.causal_pack (causal-LM blocks) exclude each other; '
+                    'set one')
+  if tok is None:
+    raise UserError("input.causal_pack needs input.tokenizer (e.g. 'bpe:8000')")
+  if cfg.max_len < 2:
+    raise UserError(f'input.max_len={cfg.max_len}: a causal-LM block needs at least 2 tokens')
+  src = sources.get_source(cfg.dataset, split, cfg.data_dir)
+  if len(src) and cfg.text_field not in src[0]:
+    raise UserError(f'dataset {cfg.dataset!r} split {split!r}: no field {cfg.text_field!r} to pack (it has '
+                    f'{", ".join(map(repr, sorted(src[0])))}); set input.text_field')
+  return src
 
 
 def _examples(src, pp, seed, where, classes=None):
@@ -43,7 +68,14 @@ def _examples(src, pp, seed, where, classes=None):
   column = getattr(src, 'label_column', lambda: None)()
   if column is not None and len(column):
     _check_labels(np.asarray(column), where, classes)
+  fn = _checked(pp, where, classes)
+  if len(src):
+    fn(src[0], np.random.default_rng(0))
+  return grain.MapDataset.source(src), lambda d: d.random_map(fn, seed=seed)
 
+
+def _checked(pp, where, classes):
+  """pp (example, rng) -> example, with its failures as UserErrors and the result checked."""
   def fn(ex, rng):
     try:
       out = pp(ex, rng)
@@ -60,10 +92,7 @@ def _examples(src, pp, seed, where, classes=None):
     if 'label' in out:
       _check_labels(np.asarray(out['label']), where, classes)
     return _fix(out)
-
-  if len(src):
-    fn(src[0], np.random.default_rng(0))
-  return grain.MapDataset.source(src), lambda d: d.random_map(fn, seed=seed)
+  return fn
 
 
 def _check_labels(labels, where, classes):
@@ -90,6 +119,8 @@ def train_iterator(cfg, seed, process_index=0, process_count=1, classes=None):
   """Returns (grain iterator with get_state/set_state, number of train examples in all processes).
   classes: (count, config key) that integer labels must lie under, or None."""
   tok = tokenizers.tokenizer(cfg)
+  if cfg.get('causal_pack'):
+    return _causal_train_iterator(cfg, seed, tok, process_index, process_count)
   src = _source(cfg, cfg.train_split, tok)
   bs = local_batch_size(cfg.batch_size, process_count)
   if len(src) < cfg.batch_size:
@@ -108,6 +139,34 @@ def train_iterator(cfg, seed, process_index=0, process_count=1, classes=None):
   ds = ds.batch(bs, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch))
   return iter(it), len(src)
+
+
+def _causal_train_iterator(cfg, seed, tok, process_index, process_count):
+  """Returns (iterator with get_state/set_state, blocks in one epoch of the train split). Streamed:
+  documents are tokenized as the blocks are needed, never the whole corpus at once. Every process
+  reads the one global stream and keeps rows [p*bs, (p+1)*bs) of each global batch, so the data do
+  not depend on the process count (each process tokenizes every document: cheap next to the step)."""
+  src = _check_causal(cfg, cfg.train_split, tok)
+  bs = local_batch_size(cfg.batch_size, process_count)
+  tokens = int(packing.token_counts(cfg.dataset, cfg.train_split, cfg.data_dir, cfg.text_field, tok).sum())
+  blocks = tokens // cfg.max_len
+  if blocks < cfg.batch_size:
+    raise UserError(f'train split {cfg.train_split!r} of {cfg.dataset!r} has {tokens} tokens, {blocks} blocks of '
+                    f'input.max_len={cfg.max_len}: fewer than the batch of {cfg.batch_size}')
+  docs = grain.MapDataset.source(src).shuffle(seed=seed).repeat(None)
+  chunks = packing.tokenized_documents(docs, tok, cfg.text_field).to_iter_dataset(
+      grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=max(cfg.prefetch, 2 * cfg.num_threads)))
+  ds = packing.causal_blocks(chunks, cfg.max_len, tokenizers.pad_token(tok)[1], bool(cfg.get('doc_mask')))
+  if cfg.get('block_shuffle', 0) > 1:
+    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=cfg.block_shuffle, seed=seed + 2)
+  if cfg.pp_train:
+    ds = ds.random_map(_checked(ops.parse(cfg.pp_train, tok=tok), f'dataset {cfg.dataset!r} split '
+                                f'{cfg.train_split!r}', None), seed=seed + 1)
+  ds = ds.batch(cfg.batch_size, drop_remainder=True)
+  if process_count > 1:
+    lo = process_index * bs
+    ds = ds.map(lambda b: {k: v[lo:lo + bs] for k, v in b.items()})
+  return packing.Resumable(iter(ds)), blocks
 
 
 def check_split(cfg, split, pp_spec, classes=None):

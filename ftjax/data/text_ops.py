@@ -1,28 +1,31 @@
-"""Text ops for input.pp_train / pp_eval (stage 4): tokenize, mlm_mask (BERT's dynamic masking,
-`mask_tokens`), label. Registered in ops.OPS on import."""
+"""Text ops for input.pp_train / pp_eval (stage 4): tokenize (any tokenizer: BERT's or GPT-2's),
+mlm_mask (BERT's dynamic masking, `mask_tokens`), label. Registered in ops.OPS on import."""
 import functools
 
 import numpy as np
 
 from ftjax.data.ops import register
 from ftjax.data.sources import as_text
-from ftjax.data.tokenizers import SPECIALS, special_ids
+from ftjax.data.tokenizers import SPECIALS, pad_token, special_ids
 from ftjax.errors import UserError
 
 
 @functools.lru_cache(maxsize=8)
 def _fixed_length(tok_json: str, max_len: int):
-  """A copy of the tokenizer that pads and truncates to max_len: encode() is then thread-safe."""
+  """A copy of the tokenizer that pads (on the right, with pad_token's) and truncates to max_len:
+  encode() is then thread-safe."""
   import tokenizers
   t = tokenizers.Tokenizer.from_str(tok_json)
+  token, pad_id = pad_token(t)
   t.enable_truncation(max_len)
-  t.enable_padding(length=max_len, pad_id=t.token_to_id('[PAD]'), pad_token='[PAD]')
+  t.enable_padding(direction='right', length=max_len, pad_id=pad_id, pad_token=token)
   return t
 
 
 @register
 def tokenize(max_len=128, fields=('text',), tok=None):
-  """Text field(s) -> input_ids / attention_mask / token_type_ids of max_len (two fields: a pair)."""
+  """Text field(s) -> input_ids / attention_mask / token_type_ids of max_len (two fields: a pair), padded
+  on the right: a GPT-2 model reads its last token where attention_mask ends."""
   if tok is None:
     raise UserError('the tokenize op needs input.tokenizer')
   fields = (fields,) if isinstance(fields, str) else tuple(fields)
