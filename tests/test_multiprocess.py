@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from conftest import ROOT, main_env, run_main
+from conftest import ROOT, main_env, run_cli
 
 SMOKE = ['--config=configs/bert_mlm_pydoc.py:smoke']   # best-checkpoint saving on, as the README runs it
 
@@ -79,7 +79,7 @@ def test_two_processes_stop_together_resume_and_equal_one_process_with_two_devic
   # The latest and the best checkpoint were both saved at the last step, by both processes.
   assert os.listdir(os.path.join(multi, 'best')) == ['40'] and '40' in os.listdir(os.path.join(multi, 'checkpoints'))
 
-  r1 = run_main(*args, f'--workdir={single}', devices=2)
+  r1 = run_cli(*args, f'--workdir={single}', '--config.mesh_shape=(2,)')    # 2 of this process's 8 devices
   assert r1.returncode == 0, r1.stderr[-3000:]
   a, b = _rows(multi), _rows(single)
   assert [x['step'] for x in a] == [x['step'] for x in b]        # written once, by process 0
@@ -89,7 +89,7 @@ def test_two_processes_stop_together_resume_and_equal_one_process_with_two_devic
     for k in x:
       np.testing.assert_allclose(x[k], y[k], rtol=1e-5, err_msg=k)
   # The two-process checkpoint restores in one process: two more steps continue the run.
-  r2 = run_main(*args, f'--workdir={multi}', '--config.total_steps=42', devices=1)
+  r2 = run_cli(*args, f'--workdir={multi}', '--config.total_steps=42')
   assert r2.returncode == 0, r2.stderr[-3000:]
   assert f'resumed from {multi}/checkpoints/40' in r2.stdout and _rows(multi)[-1]['step'] == 42
 

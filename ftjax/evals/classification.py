@@ -2,7 +2,6 @@
 zero-weight predictions, e.g. unused MLM slots, masked out)."""
 import jax
 import numpy as np
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from ftjax import data, evals, models, parallel
 
@@ -30,7 +29,8 @@ class Evaluator:
     return {k: v.reshape(-1)[keep] for k, v in cat.items()}
 
   def __call__(self, state) -> dict:
-    out = self.outputs(state)
+    from sklearn.metrics import f1_score, matthews_corrcoef   # here: sklearn takes ~2.5 s to import, and every
+    out = self.outputs(state)                                 # config loads this module for its DEFAULTS
     y, p = out['label'], out['pred']
     return {f'{self.name}/accuracy': float(np.mean(p == y)),
             f'{self.name}/macro_f1': float(f1_score(y, p, average='macro')),

@@ -1,6 +1,5 @@
 """Pearson and Spearman correlation and MSE over a whole split (GLUE STS-B's metrics)."""
 import numpy as np
-from scipy import stats
 
 from ftjax.evals import classification
 
@@ -11,6 +10,7 @@ DEFAULTS = {}      # only evals.COMMON
 class Evaluator(classification.Evaluator):
 
   def __call__(self, state) -> dict:
+    from scipy import stats      # here, not at import: see classification.Evaluator
     out = self.outputs(state)
     y, p = out['label'], out['pred']
     return {f'{self.name}/pearson': float(stats.pearsonr(p, y)[0]),
