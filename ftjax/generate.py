@@ -207,6 +207,9 @@ def generate(model, prompts, *, max_new_tokens: int, temperature: float = 0.0, t
     out, _ = _generate(_Static(graphdef, cfg), *args, jax.random.PRNGKey(seed), jnp.float32(temperature or 1.0),
                        jnp.int32(min(int(top_k), vocab)), jnp.float32(top_p), jnp.int32(eos), jnp.int32(fill), new=new,
                        use_cache=bool(use_cache), greedy=not temperature)
+  if jax.process_count() > 1:          # rows on other processes' devices: gathered to every process
+    from jax.experimental import multihost_utils
+    out = multihost_utils.process_allgather(out, tiled=True)
   out = np.asarray(jax.device_get(out))[:rows].tolist()
   return [row[:row.index(eos) + 1] if eos in row else row for row in out]
 

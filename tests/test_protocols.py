@@ -52,6 +52,8 @@ VARIANTS = {
     'bert': [dict(head=h, vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=16, lora=dict(rank=2, targets='query|value|dense'))
              for h in ('none', 'mlm', 'pretraining', 'classification', 'token_classification', 'qa')],
+    'gpt2': [dict(head=h, vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_inner=32, n_positions=16,
+                  lora=dict(rank=2, targets='c_attn|c_proj')) for h in ('none', 'lm', 'classification')],
     'resnet': [dict(depth=18, width=0.125, stem='small', num_classes=10, lora=dict(rank=2, targets='head')),
                dict(depth=50, stages=(1, 1, 1, 1), width=0.125, projection=(16, 8), num_classes=0),
                dict(depth=50, stages=(1, 1, 1, 1), width=0.125, version='v2', num_classes=3)],
@@ -73,6 +75,25 @@ def test_every_parameter_has_explicit_logical_axes(name):
       assert len(axes) == x.ndim and set(axes) - {None} <= KNOWN_AXES, (dotted, axes)
   with pytest.raises(ValueError, match='no logical axes'):
     fam.logical_axes('made_up.module.kernel', 2)
+
+
+def test_feature_evaluator_reads_its_own_dataset_unpacked(monkeypatch):
+  """A probe with its own `dataset` (a labelled set) on an MLM or causal-LM run reads it example by
+  example: input.pack, causal_pack and doc_mask reset there, the run's own input untouched."""
+  from ftjax import data
+  seen = []
+  monkeypatch.setattr(data, 'check_split', lambda cfg, split, pp: seen.append((cfg, split)))
+  config = defaults.base_config('gpt2')
+  config.input.update(dataset='ftjax_pydoc', train_split='train[:5%]', causal_pack=True, doc_mask=True)
+  config.lock()
+  cfg = evals.resolve('evals.probe', dict(type='knn', dataset='ftjax_sentiment', train_split='train', split='test'))
+  mesh = parallel.make_mesh((1,), ('data',), jax.devices()[:1])
+  evals.FeatureEvaluator('probe', cfg, config=config, embed_fn=None, mesh=mesh)
+  assert [split for _, split in seen] == ['train', 'test']
+  for probe_input, _ in seen:
+    assert probe_input.dataset == 'ftjax_sentiment'
+    assert not (probe_input.pack or probe_input.causal_pack or probe_input.doc_mask)
+  assert config.input.causal_pack and config.input.doc_mask and config.input.dataset == 'ftjax_pydoc'
 
 
 def test_activations_follow_the_rules_table():
@@ -108,7 +129,7 @@ def test_every_config_takes_remat_dtype_and_attention_overrides(config):
     for run in runs:
       prefix = f'--config.runs.{run}.model.' if run else '--config.model.'
       cfg = plain.runs[run] if run else plain
-      extra = ['attention=xla'] if cfg.model.name == 'bert' else []
+      extra = ['attention=xla'] if 'attention' in models.defaults(cfg.model.name) else []   # bert, gpt2
       argv = ['x', f'--config={path}'] + [prefix + kv for kv in ['remat=full', 'dtype=bfloat16'] + extra]
       parsed = _parse(argv)
       full = defaults.complete(parsed.runs[run] if run else parsed)
@@ -124,6 +145,8 @@ def test_every_config_takes_remat_dtype_and_attention_overrides(config):
 def test_schema_is_complete_in_the_resolved_config():
   c = defaults.base_config('bert')
   assert {'remat', 'dtype', 'attention', 'hidden_size', 'pooling', 'head', 'lora', 'config'} <= set(c.model)
+  c = defaults.base_config('gpt2')
+  assert {'remat', 'dtype', 'attention', 'n_embd', 'n_layer', 'head', 'num_labels', 'lora', 'config'} <= set(c.model)
   c = defaults.base_config('resnet')
   assert {'remat', 'dtype', 'depth', 'width', 'stem', 'stages', 'projection', 'num_classes'} <= set(c.model)
   e = defaults.eval_config(type='fewshot', split='test')

@@ -1,5 +1,8 @@
 """Parameter sharding from one rules table: data parallel, FSDP, tensor parallel and FSDP + TP on 8
-simulated devices give the single-device train step; FSDP holds ~1/8 of the state per device."""
+simulated devices give the single-device train step (BERT, GPT-2 causal LM, ResNet); FSDP holds ~1/8 of
+the state per device."""
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -13,6 +16,12 @@ BERT = dict(name='bert', vocab_size=96, hidden_size=64, num_hidden_layers=1, num
             intermediate_size=128, max_position_embeddings=16, hidden_act='gelu_new', initializer_range=0.2,
             head='classification', num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
             lora=dict(rank=4, alpha=4.0, targets=r'attention\.self\.value$'))
+# Causal LM on packed, padded rows (attention_mask and segment_ids); the LM head is tied to wte. LoRA on
+# attn.c_proj: on the fused c_attn its B factor (3 * n_embd wide, split only by `model`) would be replicated
+# under FSDP, too large a share of so small a model for the 1/8 bound below.
+GPT2 = dict(name='gpt2', vocab_size=96, n_embd=64, n_layer=1, n_head=8, n_inner=128, n_positions=16,
+            activation_function='gelu_new', initializer_range=0.2, head='lm', resid_pdrop=0.0, embd_pdrop=0.0,
+            attn_pdrop=0.0, lora=dict(rank=4, alpha=4.0, targets=r'attn\.c_proj$'))
 # Two stages (8 and 16 channels: both split 8 ways): a plain block and a strided one with its projection.
 RESNET = dict(name='resnet', depth=18, stages=(1, 1), width=0.125, stem='small', in_channels=1,
               num_classes=10)
@@ -27,6 +36,16 @@ def _text_batch(b=16, t=12):
           'token_type_ids': np.zeros((b, t), np.int32), 'label': rng.integers(0, 3, b).astype(np.int32)}
 
 
+def _lm_batch(b=16, t=12):
+  """Rows of two documents (segment_ids 1, 2; the second may be empty) then padding (mask 0, segment 0)."""
+  rng = np.random.default_rng(0)
+  pos = np.arange(t)[None]
+  mask = (pos < rng.integers(4, t + 1, (b, 1))).astype(np.int32)
+  segment_ids = ((pos >= rng.integers(2, t, (b, 1))).astype(np.int32) + 1) * mask
+  return {'input_ids': rng.integers(1, 96, (b, t)).astype(np.int32) * mask, 'attention_mask': mask,
+          'segment_ids': segment_ids}
+
+
 def _setup(model):
   cfg = defaults.base_config()
   cfg.model.update(model)
@@ -36,6 +55,8 @@ def _setup(model):
   cfg.schedule.name = 'constant'
   if model['name'] == 'bert':
     cfg.task.inputs = ('input_ids', 'attention_mask', 'token_type_ids')
+  if model['name'] == 'gpt2':
+    cfg.task.name = 'causal_lm'               # reads input_ids, attention_mask, segment_ids from the batch
   tx, sched = optim.build(cfg.optim, cfg.schedule, 10)
   g_train, _ = states.graphdefs(cfg.model)
   init = states.make_init(cfg.model, tx, 0)
@@ -63,10 +84,22 @@ def _run(cfg, init, step, batch, mesh, fresh=None):
   return hist, state, shard, abstract
 
 
-@pytest.fixture(scope='module', params=['bert', 'resnet'])
+FAMILIES = {'bert': (BERT, _text_batch), 'gpt2': (GPT2, _lm_batch), 'resnet': (RESNET, lambda: digits_batch(16))}
+# Where tensor parallelism must split (parameter, dimension): layer 0's first attention kernel by output, the
+# MLP's projection back by input, a LoRA factor along its layer's split (and GPT-2's embedding by vocabulary).
+TP_PARAMS = {'bert': [(('bert', 'encoder', 'layer', 0, 'attention', 'self', 'query', 'kernel'), 1),
+                      (('bert', 'encoder', 'layer', 0, 'output', 'dense', 'kernel'), 0),
+                      (('bert', 'encoder', 'layer', 0, 'attention', 'self', 'value', 'lora_b'), 1)],
+             'gpt2': [(('transformer', 'wte', 'embedding'), 0),          # the tied LM head's vocabulary
+                      (('transformer', 'h', 0, 'attn', 'c_attn', 'kernel'), 1),
+                      (('transformer', 'h', 0, 'mlp', 'c_proj', 'kernel'), 0),
+                      (('transformer', 'h', 0, 'attn', 'c_proj', 'lora_a'), 0)]}
+
+
+@pytest.fixture(scope='module', params=sorted(FAMILIES))
 def family(request):
-  model = BERT if request.param == 'bert' else RESNET
-  batch = _text_batch() if request.param == 'bert' else digits_batch(16)
+  model, make_batch = FAMILIES[request.param]
+  batch = make_batch()
   cfg, init, step = _setup(model)
   one = _run(cfg, init, step, batch, parallel.make_mesh((1,), ('data',), jax.devices()[:1]))
   return request.param, cfg, init, step, batch, one, _run.fresh
@@ -90,15 +123,12 @@ def test_strategy_matches_one_device(family, strategy):
     assert not split                                  # every parameter replicated
   else:
     # ResNets have no tensor-parallel axis: under `model` they are replicated, as data parallelism.
-    assert split == ({'fsdp', 'model'} if name == 'bert' else {'fsdp'}) & set(axes)
+    assert split == ({'fsdp', 'model'} if name in TP_PARAMS else {'fsdp'}) & set(axes)
   if strategy != 'dp':                            # activations carry their constraints into the program
     assert 'sharding_constraint' in _run.hlo or 'Sharding' in _run.hlo
-  if name == 'bert' and 'tp' in strategy:         # attention and MLP really split over `model`
-    q = shard.params['bert']['encoder']['layer'][0]['attention']['self']['query']['kernel'].spec
-    o = shard.params['bert']['encoder']['layer'][0]['output']['dense']['kernel'].spec
-    assert q[1] == 'model' and o[0] == 'model'
-    lora = shard.params['bert']['encoder']['layer'][0]['attention']['self']['value']['lora_b'].spec
-    assert lora[1] == 'model'
+  if name in TP_PARAMS and 'tp' in strategy:     # attention and MLP really split over `model`
+    for path, dim in TP_PARAMS[name]:
+      assert functools.reduce(lambda node, k: node[k], path, shard.params).spec[dim] == 'model', path
 
 
 def test_fsdp_holds_an_eighth_of_parameters_and_optimizer_state(family):

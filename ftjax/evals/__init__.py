@@ -25,7 +25,7 @@ COMMON = dict(
 )
 # Evaluators on frozen features (FeatureEvaluator) also fit on a train split.
 FEATURES = dict(
-    dataset='',             # '' = input.dataset; e.g. probe an MLM run's encoder on a labelled set
+    dataset='',             # '' = input.dataset; e.g. probe an MLM or GPT run's features on a labelled set (unpacked)
     train_split='',         # '' = input.train_split
 )
 
@@ -78,13 +78,14 @@ class FeatureEvaluator:
 
   def __init__(self, name, cfg, *, config, embed_fn, mesh, **_):
     self.name, self.cfg, self.input = name, cfg, config.input
-    if cfg.dataset:
+    if cfg.dataset:     # a labelled set read example by example: neither MLM nor causal-LM packing
       self.input = config.input.copy_and_resolve_references()
-      self.input.update(dataset=cfg.dataset, pack=False, tokenizer=data.tokenizer_path(config.input),
-                        train_split=cfg.train_split or 'train')
+      with self.input.unlocked():     # an input config from before causal_pack may lack its keys
+        self.input.update(dataset=cfg.dataset, pack=False, causal_pack=False, doc_mask=False,
+                          tokenizer=data.tokenizer_path(config.input), train_split=cfg.train_split or 'train')
     self.embed_fn, self.sharding = embed_fn, parallel.batch_sharding(mesh)
     self.pp = cfg.pp or config.input.pp_eval
-    self.train_split = cfg.train_split or config.input.train_split
+    self.train_split = cfg.train_split or self.input.train_split     # 'train' of its own dataset, if it has one
     for split in (self.train_split, cfg.split):   # fail now, not at the first evaluation
       data.check_split(self.input, split, self.pp)
 

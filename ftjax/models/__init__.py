@@ -44,7 +44,7 @@ def get_module(name: str):
 
 # Keys every family reads; a family's `defaults()` adds its own (ftjax/protocols.py: ModelFamily).
 COMMON = dict(
-    name='',                # a module under ftjax/models: bert | resnet
+    name='',                # a module under ftjax/models: bert | gpt2 | resnet
     dtype='float32',        # compute dtype (DTYPES); parameters stay float32
     remat='',               # what each block keeps for the backward pass (REMAT); '' = everything
     config='',              # a transformers model directory or config.json giving the architecture; keys set
@@ -77,7 +77,7 @@ def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
   """Builds the model named by cfg.name from the rest of cfg (a ConfigDict or dict)."""
   kwargs = resolve(cfg)
   if not kwargs['name']:
-    raise UserError('model.name is empty; name a module under ftjax/models (bert, resnet)')
+    raise UserError('model.name is empty; name a module under ftjax/models (bert, gpt2, resnet)')
   lora = kwargs.pop('lora')
   model = get_module(kwargs.pop('name')).build(kwargs, rngs)
   if lora['rank']:
