@@ -103,15 +103,34 @@ def from_pretrained(path: str, seed: int = 0, verbose: bool = True, reinit: str 
   the checkpoint are freshly initialised and listed in report['initialised']."""
   model_type = read_config(path)['model_type']
   state_dict = load_state_dict(path)          # a damaged weights file fails before the model is built
-  model = models.create(dict(name=MODEL_TYPES[model_type], config=path, **model_kwargs), seed)
-  _, params, rest = nnx.split(model, nnx.Param, ...)
+  cfg = dict(name=MODEL_TYPES[model_type], config=path, **model_kwargs)
+  graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: models.build(cfg, nnx.Rngs(seed))), nnx.Param, ...)
   p, s, report = convert_from_hf(state_dict, nnx.to_pure_dict(params), nnx.to_pure_dict(rest),
                                  source=path, model_type=model_type, reinit=reinit)
-  nnx.update(model, p, s)
+  p, s = fill_fresh((p, s), lambda: nnx.split(models.build(cfg, nnx.Rngs(seed)), nnx.Param, ...)[1:])
+  nnx.replace_by_pure_dict(params, p)
+  nnx.replace_by_pure_dict(rest, s)
+  model = nnx.merge(graphdef, params, rest)
   model.eval()        # as transformers' from_pretrained: dropout off, BatchNorm statistics used; model.train() to train
   if verbose:
     print(describe(report, path), flush=True)
   return model, report
+
+
+def fill_fresh(loaded, init):
+  """`loaded` (a tree whose leaves the checkpoint did not give are jax.ShapeDtypeStruct) with those
+  leaves from `init()` (a fresh init, the same tree of nnx States or dicts). Only they are computed: the
+  loaded leaves leave the init's program, so XLA drops their random numbers (a MiniLM's random init,
+  which its weights then overwrite, took ~10 s to compile on 2 CPU cores). The values are those of the
+  whole init: each draws its key by name and count (nnx.Rngs)."""
+  fresh = lambda x: isinstance(x, jax.ShapeDtypeStruct)
+
+  def needed():
+    tree = jax.tree.map(nnx.to_pure_dict, init(), is_leaf=lambda x: isinstance(x, nnx.State))
+    return jax.tree.map(lambda a, b: b if fresh(a) else None, loaded, tree)
+
+  made = models.initialize(needed)
+  return jax.tree.map(lambda a, b: b if fresh(a) else a, loaded, made, is_leaf=lambda x: x is None)
 
 
 def describe(report: dict, source: str, most: int = 12) -> str:

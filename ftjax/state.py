@@ -58,23 +58,36 @@ def make_init(model_cfg, tx, seed: int):
   return init
 
 
-def load_pretrained(state, cfg_init, model_cfg, mesh_sharding):
-  """Overwrites the freshly initialised state's parameters (and BatchNorm statistics) with those of
-  cfg_init.source, by name; names matching cfg_init.reinit keep their fresh values (head surgery)."""
+def load_pretrained(lay: 'Layout', cfg_init, model_cfg) -> TrainState:
+  """The fresh state with the parameters (and BatchNorm statistics) of cfg_init.source, by name; names
+  matching cfg_init.reinit keep their fresh values (head surgery). The fresh init computes only what the
+  source does not give: the loaded leaves leave its program, so XLA drops their random numbers (a
+  MiniLM's random init, which its weights then overwrite, took ~10 s to compile on 2 CPU cores). The
+  values kept are those of the whole init, since each draws its key by name and count (nnx.Rngs)."""
   src = cfg_init.source
-  params, model_state = jax.device_get(state.params), jax.device_get(state.model_state)
+  params, model_state = lay.abstract.params, lay.abstract.model_state     # shapes only: nothing computed yet
   if hub.is_hf_dir(src):
     model_type = hub.read_config(src, expect=model_cfg.name)['model_type']
-    new, model_state, report = hf.convert_from_hf(hub.load_state_dict(src), params, model_state, source=src,
-                                                  model_type=model_type, reinit=cfg_init.reinit)
+    new, new_state, report = hf.convert_from_hf(hub.load_state_dict(src), params, model_state, source=src,
+                                                model_type=model_type, reinit=cfg_init.reinit)
     where = src
   else:
     src_params, src_state, where = checkpoint.read_params(src)
     new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit, where)
-    model_state, _ = checkpoint.merge_by_name(model_state, src_state, cfg_init.reinit, where)
+    new_state, _ = checkpoint.merge_by_name(model_state, src_state, cfg_init.reinit, where)
   print(hf.describe(report, where), flush=True)
-  return state.replace(params=jax.device_put(new, mesh_sharding.params),
-                       model_state=jax.device_put(model_state, mesh_sharding.model_state))
+  fresh = lambda x: isinstance(x, jax.ShapeDtypeStruct)      # the source did not give it
+
+  def init():
+    state = lay.init()
+    drop = lambda n, f: f if fresh(n) else jnp.zeros(f.shape, f.dtype)
+    return state.replace(params=jax.tree.map(drop, new, state.params),
+                         model_state=jax.tree.map(drop, new_state, state.model_state))
+
+  state = initialize(init, lay.shardings)
+  fill = lambda n, f: jax.tree.map(lambda a, b: b if fresh(a) else a, n, jax.device_get(f))
+  return state.replace(params=jax.device_put(fill(new, state.params), lay.shardings.params),
+                       model_state=jax.device_put(fill(new_state, state.model_state), lay.shardings.model_state))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +128,9 @@ def start(config, lay: Layout, ckpt: checkpoint.Checkpointer | None = None, set_
     return state, os.path.join(ckpt.workdir, 'checkpoints', str(step))
   if step_dir is not None:
     return restore_model(step_dir, lay), step_dir
-  state = initialize(lay.init, lay.shardings)
   if config.init.source:
-    return load_pretrained(state, config.init, config.model, lay.shardings), config.init.source
-  return state, 'random initialisation'
+    return load_pretrained(lay, config.init, config.model), config.init.source
+  return initialize(lay.init, lay.shardings), 'random initialisation'
 
 
 def restore_model(step_dir: str, lay: Layout) -> TrainState:

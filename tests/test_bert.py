@@ -182,9 +182,12 @@ def test_finetune_init_from_an_ftjax_mlm_checkpoint(tmp_path):
   ck.wait()
   ck.close()
   cls_cfg = ConfigDict({**base, 'head': 'classification', 'num_labels': 3})
-  fresh = states.initialize(states.make_init(cls_cfg, tx, seed=2), None)
+  make = states.make_init(cls_cfg, tx, seed=2)
+  abstract = jax.eval_shape(make)
+  lay = states.Layout(make, abstract, jax.tree.map(lambda _: None, abstract), None, None)   # one device
+  fresh = states.initialize(make, None)
   init = ConfigDict(dict(source=str(tmp_path / 'mlm'), reinit=''))
-  loaded = states.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
+  loaded = states.load_pretrained(lay, init, cls_cfg)
   np.testing.assert_array_equal(loaded.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'],
                                 mlm_state.params['bert']['encoder']['layer'][1]['output']['dense']['kernel'])
   np.testing.assert_array_equal(loaded.params['classifier']['kernel'], fresh.params['classifier']['kernel'])
@@ -192,6 +195,6 @@ def test_finetune_init_from_an_ftjax_mlm_checkpoint(tmp_path):
                                 fresh.params['bert']['pooler']['dense']['kernel'])   # MLM model has no pooler
   # reinit keeps matching parameters fresh on purpose (head surgery by pattern).
   init.reinit = r'embeddings'
-  again = states.load_pretrained(fresh, init, cls_cfg, jax.tree.map(lambda _: None, fresh))
+  again = states.load_pretrained(lay, init, cls_cfg)
   np.testing.assert_array_equal(again.params['bert']['embeddings']['word_embeddings']['embedding'],
                                 fresh.params['bert']['embeddings']['word_embeddings']['embedding'])
