@@ -33,7 +33,7 @@ def test_config_is_short_and_has_smoke(path):
 
 
 TEXT_SMOKES = ['bert_mlm_pydoc.py:smoke', 'bert_base_mlm.py:smoke', 'bert_glue.py:stsb,smoke',
-               'bert_glue.py:mrpc,smoke', 'bert_finetune_sentiment.py:smoke']
+               'bert_glue.py:mrpc,smoke']     # bert_finetune_sentiment.py:smoke: in the demo's smoke run
 
 
 @pytest.mark.parametrize('config', TEXT_SMOKES)
@@ -80,3 +80,44 @@ def test_simclr_config_smoke_runs_with_feature_evaluators(config, tmp_path):
   last = rows[-1]
   assert {'probe/accuracy', 'fewshot/5shot', 'knn/accuracy'} <= set(last) or \
       {'probe/accuracy', 'fewshot/5shot', 'knn/accuracy'} <= {k for r in rows for k in r}
+
+
+def _rows(workdir):
+  with open(workdir / 'metrics.jsonl') as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize('config,prompt', [('gpt2_pydoc.py:smoke', 'Return a new list'), ('gpt2_small.py:smoke', 'The')])
+def test_gpt_pretraining_smoke_logs_perplexity_unigram_and_a_sample(config, prompt, tmp_path):
+  proc = run_cli(f'--config=configs/{config}', f'--workdir={tmp_path}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  last = _rows(tmp_path)[-1]
+  assert np.isfinite(last['eval/perplexity']) and last['eval/unigram_perplexity'] > 1
+  assert f"eval/sample: '{prompt}' -> '" in proc.stdout     # the greedy continuation, printed
+  assert (tmp_path / 'tokenizer.json').exists()          # the BPE travels with the run
+
+
+def test_gpt2_small_is_the_124m_recipe():
+  c = load(os.path.join(ROOT, 'configs', 'gpt2_small.py')).get_config('fsdp')
+  assert (c.model.n_embd, c.model.n_layer, c.model.n_head, c.model.n_positions, c.input.max_len) == (768, 12, 12, 1024, 1024)
+  assert (c.optim.lr, c.optim.b2, c.optim.weight_decay, c.optim.clip_norm) == (6e-4, 0.95, 0.1, 1.0)
+  assert c.schedule.name == 'cosine' and c.schedule.warmup_steps > 0 and c.model.dtype == 'bfloat16'
+  assert c.mesh_axes == ('fsdp',) and c.input.tokenizer == 'bpe:50257'
+  c = load(os.path.join(ROOT, 'configs', 'gpt2_small.py')).get_config('data=c.jsonl,tokenizer=gpt2')
+  assert c.input.tokenizer == 'gpt2' and c.model.eos_token_id is None and c.input.batch_size * c.input.max_len == 2 ** 19
+
+
+def test_gpt_finetune_smoke_starts_from_the_causal_lm_run(tmp_path):
+  lm, ft = tmp_path / 'lm', tmp_path / 'ft'
+  proc = run_cli('--config=configs/gpt_sentiment_lm.py:smoke', f'--workdir={lm}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'eval/unigram_perplexity' in _rows(lm)[-1]
+  proc = run_cli('--config=configs/gpt_finetune_sentiment.py:smoke', f'--workdir={ft}', f'--config.init.source={lm}',
+                 f'--config.input.tokenizer={lm}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # Every decoder tensor from the LM run (wte, wpe, 2 blocks x 12, ln_f: 28); only the classifier is new.
+  assert f'loaded 28 tensors from {lm}' in proc.stdout
+  assert 'freshly initialised (absent, or init.reinit): score.kernel\n' in proc.stdout
+  assert {'eval/accuracy', 'test/accuracy', 'tfidf/accuracy'} <= {k for r in _rows(ft) for k in r}
+  scratch = load(os.path.join(ROOT, 'configs', 'gpt_finetune_sentiment.py')).get_config('init=scratch')
+  assert scratch.init.source == '' and scratch.input.tokenizer == 'runs/gpt_sentiment_lm'
