@@ -7,18 +7,36 @@ import pytest
 
 def test_bench_smoke_reports_both_frameworks_and_their_ratio(tmp_path, capsys):
   """`python -m ftjax.bench ARGS`, run in this process (its main takes argv; it times on one device).
-  Small batch and images, the tests' unoptimised XLA (conftest): the numbers' consistency is the point."""
+  Small batch and images, the tests' unoptimised XLA (conftest): the numbers' consistency is the point.
+  The GPT-2 rows (train step, and --decode: KV cache against full recomputation) use one layer and
+  three new tokens at one batch size: what they add is two more compiled programs, not their speed."""
   from ftjax import bench
   out = tmp_path / 'bench.json'
-  returned = bench.main(['--smoke', '--batch=2', '--image=32', '--steps=2', '--warmup=1', '--input', f'--json={out}'])
+  returned = bench.main(['--smoke', '--batch=2', '--image=32', '--steps=2', '--warmup=1', '--input', f'--json={out}',
+                         '--gpt2_dims=n_layer=1', '--decode', '--decode_batches=2', '--new_tokens=3',
+                         '--decode_repeats=1'])
   stdout = capsys.readouterr().out
   rows = json.loads(out.read_text())
   assert rows == json.loads(json.dumps(returned))
-  assert [x['name'] for x in rows] == ['bert_base_mlm', 'resnet50']
-  for x in rows:
+  train = [x for x in rows if x['kind'] == 'train']
+  decode = [x for x in rows if x['kind'] == 'decode']
+  assert [x['name'] for x in train] == ['bert_base_mlm', 'resnet50', 'gpt2_small']
+  for x in train:
     assert x['ftjax_step_s'] > 0 and x['torch_step_s'] > 0
     assert x['ratio'] == pytest.approx(x['ftjax_step_s'] / x['torch_step_s'])
     assert x['flops_per_step'] > 0 and 0 < x['mfu'] < 1
     assert x['examples_per_s'] == pytest.approx(x['batch'] / x['ftjax_step_s'])
     assert x['input_examples_per_s'] > 0
-  assert '| ftjax / torch |' in stdout and 'bert_base_mlm' in stdout
+  gpt2 = train[2]
+  assert gpt2['dims'] == 'n_layer=1' and gpt2['shape'] == 'S=32'
+  assert gpt2['tokens_per_s'] == pytest.approx(2 * 32 / gpt2['ftjax_step_s'])
+  assert '| ftjax / torch |' in stdout and 'bert_base_mlm' in stdout and '| gpt2_small (n_layer=1) | 2 | S=32 |' in stdout
+
+  [d] = decode
+  assert (d['name'], d['batch'], d['new_tokens'], d['prompt_len']) == ('gpt2_small', 2, 3, 16)
+  assert d['cached_s'] > 0 and d['full_s'] > 0 and 0 <= d['same_tokens'] <= 1
+  assert d['speedup'] == pytest.approx(d['full_s'] / d['cached_s'])
+  for path in ('cached', 'full'):
+    assert d[f'{path}_tokens_per_s'] == pytest.approx(2 * 3 / d[f'{path}_s'])
+    assert d[f'{path}_ms_per_token'] == pytest.approx(1e3 * d[f'{path}_s'] / 3)
+  assert '| speed-up |' in stdout and '| gpt2_small (n_layer=1) decode |' in stdout
