@@ -340,8 +340,10 @@ def main(argv=None):
   import jax
   cpu_peak = names and jax.default_backend() == 'cpu'       # decoding alone needs no peak
   peak = args.peak_tflops * 1e12 if args.peak_tflops else (matmul_peak() if cpu_peak else 0.0)
-  print(f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}); MFU peak '
-        f'{peak / 1e12:.3f} TFLOP/s' + (' (measured fp32 matmul)' if not args.peak_tflops else ''), flush=True)
+  head = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
+  if names:
+    head += f'; MFU peak {peak / 1e12:.3f} TFLOP/s' + (' (measured fp32 matmul)' if not args.peak_tflops else '')
+  print(head, flush=True)
   rows = []
   for name in names:
     row = bench_model(name, args, peak)
