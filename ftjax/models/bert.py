@@ -34,7 +34,7 @@ class Dropout(nnx.Dropout):
   def __call__(self, inputs, *, deterministic=None, rngs=None):
     det = self.deterministic if deterministic is None else deterministic
     if not det and 0 < self.rate < 1 and rngs is None and self.rngs is None:   # a sub-module called alone
-      raise UserError(_no_rngs('this BERT Dropout layer', self.rate))
+      raise UserError(no_rngs('this BERT Dropout layer', self.rate))
     if (det or self.rate in (0.0, 1.0) or self.broadcast_dims or not isinstance(rngs, nnx.Rngs)
         or inputs.shape[-1] % 2):
       return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
@@ -44,19 +44,24 @@ class Dropout(nnx.Dropout):
     return jnp.where(u16 < threshold, inputs * (65536 / threshold), jnp.zeros_like(inputs))
 
 
-def _no_rngs(what: str, rate: float) -> str:
+def no_rngs(what: str, rate: float) -> str:
   return (f'{what} is in training mode (dropout {rate:g}) and was called without rngs; call model.eval() '
           'for inference, or pass rngs=nnx.Rngs(dropout=<seed>) to train')
 
 
-def check_rngs(model: nnx.Module, rngs):
-  """A model in training mode with active dropout needs dropout keys. Python only: under jit it runs
-  once, at trace time (`deterministic` and `rate` are static), and not at all when rngs are given."""
+def require_rngs(model: nnx.Module, dropouts, rngs):
+  """A model in training mode with active dropout (among `dropouts`, its Dropout layers) needs dropout
+  keys. Python only: under jit it runs once, at trace time (`deterministic` and `rate` are static), and
+  not at all when rngs are given. Every family with Dropout layers checks through this."""
   if rngs is not None:
     return
-  rates = [m.rate for m in _dropouts(model) if not m.deterministic and 0 < m.rate < 1 and m.rngs is None]
+  rates = [m.rate for m in dropouts if not m.deterministic and 0 < m.rate < 1 and m.rngs is None]
   if rates:
-    raise UserError(_no_rngs(type(model).__name__, max(rates)))
+    raise UserError(no_rngs(type(model).__name__, max(rates)))
+
+
+def check_rngs(model: nnx.Module, rngs):
+  require_rngs(model, _dropouts(model), rngs)
 
 
 def _dropouts(model):

@@ -21,6 +21,7 @@ from ml_collections.config_dict import placeholder
 
 from ftjax import hub, models, parallel
 from ftjax.errors import UserError
+from ftjax.models import bert
 from ftjax.models.bert import ACTS, Dropout
 
 
@@ -123,20 +124,16 @@ class KVCache:
   mask: jax.Array         # [B, max_length] bool: slots holding real tokens
 
 
-def _no_rngs(what: str, rate: float) -> str:
-  return (f'{what} is in training mode (dropout {rate:g}) and was called without rngs; call model.eval() '
-          'for inference, or pass rngs=nnx.Rngs(dropout=<seed>) to train')
-
-
 def check_rngs(model: nnx.Module, rngs):
-  """A model in training mode with active dropout needs dropout keys (Python only, at trace time)."""
-  if rngs is not None:
-    return
+  bert.require_rngs(model, _dropouts(model), rngs)
+
+
+def _dropouts(model):
+  """Every Dropout of a GPT-2 model or head, by attribute (as bert's: cheap enough for eager calls)."""
   base = model.transformer if hasattr(model, 'transformer') else model
-  drops = [base.drop] + [d for b in base.h for d in (b.attn.attn_dropout, b.attn.resid_dropout, b.mlp.dropout)]
-  rates = [m.rate for m in drops if not m.deterministic and 0 < m.rate < 1 and m.rngs is None]
-  if rates:
-    raise UserError(_no_rngs(type(model).__name__, max(rates)))
+  yield base.drop
+  for b in base.h:
+    yield from (b.attn.attn_dropout, b.attn.resid_dropout, b.mlp.dropout)
 
 
 class _Ctx:
