@@ -1,4 +1,4 @@
-"""Evaluators on frozen features: few-shot ridge regression, linear probe, k-NN; synthetic data with
+"""Evaluators on frozen features: few-shot ridge regression, linear probe, SVM, k-NN, ridge regression; synthetic data with
 known structure (recoverable -> ~100%, shuffled labels -> chance), then inside a real run."""
 import json
 import os
@@ -10,6 +10,8 @@ from conftest import ROOT, main_env, run_cli
 from ftjax.evals.fewshot import fewshot_accuracy
 from ftjax.evals.knn import knn_accuracy
 from ftjax.evals.linear_probe import probe_accuracy
+from ftjax.evals.ridge import ridge_scores
+from ftjax.evals.svm import svm_accuracy
 
 C, D = 10, 64
 
@@ -55,8 +57,35 @@ def test_linear_probe_and_knn_recover_structure_and_fail_on_noise(blobs):
   assert knn_accuracy(a, lab(a), b, lab(b), k=5, temperature=1.0) > 0.9
 
 
+def test_svm_separates_separable_classes_and_is_at_chance_on_shuffled_labels(blobs):
+  x, y, xt, yt = blobs
+  acc, c = svm_accuracy(x, y, xt, yt)
+  assert acc >= 0.99 and c > 0
+  sy, syt = np.random.default_rng(0).permutation(y), np.random.default_rng(1).permutation(yt)
+  assert abs(svm_accuracy(x, sy, xt, syt)[0] - 1 / C) < 0.05
+  # Two classes on either side of a hyperplane through the origin, with a margin: exactly separable.
+  rng = np.random.default_rng(3)
+  w = rng.normal(size=D)
+  z = rng.normal(size=(1500, D))
+  z += np.sign(z @ w)[:, None] * w / np.linalg.norm(w)        # push each point away from the plane
+  lab = (z @ w > 0).astype(np.int32)
+  assert svm_accuracy(z[:1000], lab[:1000], z[1000:], lab[1000:])[0] >= 0.99
+
+
+def test_ridge_recovers_a_linear_target_and_not_noise():
+  rng = np.random.default_rng(4)
+  w = rng.normal(size=D)
+  x, xt = rng.normal(size=(1500, D)) * 3 + 1, rng.normal(size=(800, D)) * 3 + 1
+  y, yt = x @ w + 0.1 * rng.normal(size=1500), xt @ w + 0.1 * rng.normal(size=800)
+  res, alpha = ridge_scores(x, y, xt, yt)
+  assert res['r2'] > 0.99 and res['pearson'] > 0.99 and res['spearman'] > 0.99 and alpha > 0
+  assert res['mse'] == pytest.approx(np.mean((yt - np.mean(yt)) ** 2) * (1 - res['r2']))
+  noise, _ = ridge_scores(x, rng.normal(size=1500), xt, rng.normal(size=800))
+  assert abs(noise['pearson']) < 0.1 and noise['r2'] < 0.02
+
+
 def test_feature_evaluators_run_in_training_and_standalone(tmp_path, digits_ready):
-  """linear_probe, fewshot and knn inside a digits run, then on its checkpoint without training."""
+  """linear_probe, svm, fewshot and knn inside a digits run, then on its checkpoint without training."""
   w = str(tmp_path / 'w')
   cfg = tmp_path / 'probe_cfg.py'
   cfg.write_text(
@@ -69,12 +98,15 @@ def test_feature_evaluators_run_in_training_and_standalone(tmp_path, digits_read
       '  c.evals.probe = eval_config(type="linear_probe", split="validation", steps=50)\n'
       '  c.evals.few = eval_config(type="fewshot", split="test", shots=(1, 5))\n'
       '  c.evals.nn = eval_config(type="knn", split="test", k=10)\n'
+      '  c.evals.svm = eval_config(type="svm", split="test", c_grid=(0.01, 0.1))\n'
       '  return c\n')
   r = run_cli(f'--config={cfg}', f'--workdir={w}')     # one of this process's 8 devices, as the evaluation below
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(line) for line in open(os.path.join(w, 'metrics.jsonl'))]
   probe = [x['probe/accuracy'] for x in rows if 'probe/accuracy' in x]
   assert len(probe) == 1 and 0.3 < probe[0] <= 1.0
+  svm = [x['svm/accuracy'] for x in rows if 'svm/accuracy' in x]
+  assert len(svm) == 1 and 0.3 < svm[0] <= 1.0 and [x['svm/C'] for x in rows if 'svm/C' in x][0] in (0.01, 0.1)
   import subprocess
   import sys
   r = subprocess.run([sys.executable, '-m', 'ftjax.evaluate', f'--config={cfg}', f'--workdir={w}',

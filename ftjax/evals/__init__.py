@@ -71,10 +71,14 @@ def collect(fn, state, batches, sharding) -> dict:
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
+_FEATURES = {'state': None, 'cache': {}}      # the features of the last evaluated state (FeatureEvaluator.features)
+
+
 class FeatureEvaluator:
   """Base of the evaluators on frozen features (linear_probe, fewshot, knn): the model's `embed`
   output on a train split (cfg.train_split, default input.train_split) and on cfg.split, both
   preprocessed with cfg.pp (default input.pp_eval), of cfg.dataset (default input.dataset)."""
+  label_dtype = np.int32        # class ids; a regression head (ridge) keeps numbers
 
   def __init__(self, name, cfg, *, config, embed_fn, mesh, **_):
     self.name, self.cfg, self.input = name, cfg, config.input
@@ -90,12 +94,19 @@ class FeatureEvaluator:
       data.check_split(self.input, split, self.pp)
 
   def features(self, state, split):
-    """(features [N, D] float32, integer labels [N]) of a whole split."""
-    batches = data.eval_batches(self.input, split, self.pp, self.cfg.batch_size, jax.process_index(),
-                                jax.process_count())
-    out = collect(self.embed_fn, state, batches, self.sharding)
-    keep = out['_mask'] > 0
-    return out['features'][keep].astype(np.float32), out['label'][keep].astype(np.int32)
+    """(features [N, D] float32, labels [N] as label_dtype) of a whole split. Evaluators of one run that read
+    the same split of the same state (a probe and an SVM) compute its features once."""
+    key = (self.input.dataset, self.input.get('tokenizer'), split, self.pp, self.embed_fn)
+    if _FEATURES['state'] is not state:
+      _FEATURES.update(state=state, cache={})
+    if key not in _FEATURES['cache']:
+      batches = data.eval_batches(self.input, split, self.pp, self.cfg.batch_size, jax.process_index(),
+                                  jax.process_count())
+      out = collect(self.embed_fn, state, batches, self.sharding)
+      keep = out['_mask'] > 0
+      _FEATURES['cache'][key] = out['features'][keep].astype(np.float32), out['label'][keep]
+    x, y = _FEATURES['cache'][key]
+    return x, y.astype(self.label_dtype)
 
   def __call__(self, state) -> dict:
     x, y = self.features(state, self.train_split)
