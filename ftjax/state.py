@@ -48,13 +48,16 @@ def graphdefs(model_cfg):
 
 
 def make_init(model_cfg, tx, seed: int):
-  def init():
+  """The fresh state's function; `initialize` passes it its seed as a traced argument (one program for
+  every seed), a plain call uses `seed`."""
+  def init(seed=seed):
     key = jax.random.PRNGKey(seed)
     model = models.build(model_cfg, nnx.Rngs(jax.random.fold_in(key, 0)))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
                       opt_state=tx.init(params), rng=jax.random.fold_in(key, 1))
+  init.seed = seed
   return init
 
 
@@ -78,11 +81,12 @@ def load_pretrained(lay: 'Layout', cfg_init, model_cfg) -> TrainState:
   print(hf.describe(report, where), flush=True)
   fresh = lambda x: isinstance(x, jax.ShapeDtypeStruct)      # the source did not give it
 
-  def init():
-    state = lay.init()
+  def init(seed):
+    state = lay.init(seed)
     drop = lambda n, f: f if fresh(n) else jnp.zeros(f.shape, f.dtype)
     return state.replace(params=jax.tree.map(drop, new, state.params),
                          model_state=jax.tree.map(drop, new_state, state.model_state))
+  init.seed = lay.init.seed
 
   state = initialize(init, lay.shardings)
   fill = lambda n, f: jax.tree.map(lambda a, b: b if fresh(a) else a, n, jax.device_get(f))

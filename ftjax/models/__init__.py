@@ -2,6 +2,7 @@
 import copy
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 from ml_collections import FieldReference
@@ -88,10 +89,13 @@ def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
 
 def initialize(init, shardings=None):
   """Runs `init` under jit straight into `shardings`. It runs once, so on CPU it is compiled without
-  backend optimisation: the random-number code otherwise takes seconds to compile, even for tiny models."""
-  compiled = jax.jit(init, out_shardings=shardings).lower().compile(
+  backend optimisation: the random-number code otherwise takes seconds to compile, even for tiny models.
+  An `init` with a `seed` attribute takes it as its argument, traced: every seed of an experiment runs the
+  same compiled (and cached) program."""
+  args = () if getattr(init, 'seed', None) is None else (np.int32(init.seed),)
+  compiled = jax.jit(init, out_shardings=shardings).lower(*args).compile(
       compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
-  return compiled()
+  return compiled(*args)
 
 
 def create(cfg, seed: int = 0) -> nnx.Module:
