@@ -4,7 +4,13 @@ A config with a `runs` field (name -> run config) is an experiment; `python -m f
 Strings 'run:<name>' in a run's init.source, input.tokenizer or model.config point at an earlier
 run's workdir. Runs in `evaluate_only` only evaluate their model (ftjax.evaluate). Every run resumes
 or is skipped when finished, so rerunning after a preemption continues where it stopped.
+
+Seeds: `seeds=(0, 1, 2)` repeats every run not named in `shared` once per seed, in `<name>/s<k>` with
+config.seed = k (the fresh parameters' initialisation and the data order); a 'run:<name>' reference from
+a seeded run to a seeded run reads the same seed's. The report then gives means, confidence intervals
+and paired differences over the seeds (ftjax/report.py).
 """
+import json
 import os
 import time
 
@@ -14,20 +20,64 @@ from ftjax.errors import UserError
 REFERENCES = (('init', 'source'), ('input', 'tokenizer'), ('model', 'config'))
 
 
-def _resolve(cfg, workdir, done):
+def seeded_runs(config) -> dict:
+  """{run name: its seeds} for the runs repeated per seed (none without `seeds`)."""
+  seeds, shared = tuple(config.get('seeds') or ()), tuple(config.get('shared') or ())
+  if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in seeds) or len(set(seeds)) != len(seeds):
+    raise UserError(f'seeds={seeds!r}: distinct non-negative integers, e.g. (0, 1, 2)')
+  unknown = sorted(set(shared) - set(config.runs.keys()))
+  if unknown:
+    raise UserError(f'shared names runs the experiment does not define: {unknown}')
+  return {name: seeds for name in config.runs.keys() if seeds and name not in shared}
+
+
+def _instances(order, seeded):
+  """[(run name, seed or None, sub-directory)] in run order: a seeded run's seeds one after another."""
+  return [(name, k, name if k is None else f'{name}/s{k}') for name in order for k in seeded.get(name, (None,))]
+
+
+def _resolve(cfg, workdir, done, seed, seeded):
   cfg = cfg.copy_and_resolve_references()
+  if seed is not None:
+    cfg.seed = seed
   for section, key in REFERENCES:
     value = cfg[section].get(key)
     if isinstance(value, str) and value.startswith('run:'):
       name = value[4:]
-      if name not in done:
-        raise UserError(f'{section}.{key}={value!r}: no earlier run named {name!r}')
-      cfg[section][key] = os.path.join(workdir, name)
+      if name in seeded and seed is None:
+        raise UserError(f'{section}.{key}={value!r}: a run shared by all seeds cannot read the seeded run {name!r}')
+      sub = name if name not in seeded else f'{name}/s{seed}'
+      if sub not in done:
+        raise UserError(f'{section}.{key}={value!r}: no earlier run named {name!r}'
+                        + (f' with seed {seed}' if name in seeded and seed not in seeded[name] else ''))
+      cfg[section][key] = os.path.join(workdir, sub)
   return cfg
+
+
+def _add_time(sub_dir, seconds, finished):
+  """Accumulates a run's wall time over the invocations that worked on it (timing.json, read by the
+  report); a run already finished is not charged again."""
+  os.makedirs(sub_dir, exist_ok=True)
+  path = os.path.join(sub_dir, 'timing.json')
+  old = {'seconds': 0.0, 'finished': False}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+  if old['finished']:
+    return
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'seconds': old['seconds'] + seconds, 'finished': finished}, f)
+  os.replace(path + '.tmp', path)
+
+
+KEYS = ('runs', 'order', 'evaluate_only', 'seeds', 'shared', 'report')
 
 
 def run(config, workdir: str) -> list[dict]:
   from ftjax import evaluate
+  unknown = sorted(set(config.keys()) - set(KEYS))
+  if unknown:
+    raise UserError(f'experiment: unknown key(s) {unknown}; known: {", ".join(KEYS)}')
   order = list(config.get('order') or config.runs.keys())
   unknown = set(order) - set(config.runs.keys())
   if unknown:
@@ -37,28 +87,40 @@ def run(config, workdir: str) -> list[dict]:
       defaults.complete(config.runs[name])
     except UserError as e:
       raise UserError(f'runs.{name}: {e}') from None
+  seeded = seeded_runs(config)
   report.check(config.report, runs=config.runs.keys())
   os.makedirs(workdir, exist_ok=True)
-  seconds, done, t0 = {}, set(), time.perf_counter()
-  for i, name in enumerate(order):
-    cfg = _resolve(config.runs[name], workdir, done)
-    sub = os.path.join(workdir, name)
-    print(f'\n=== [{i + 1}/{len(order)}] {name} ({time.perf_counter() - t0:.0f} s elapsed) -> {sub}', flush=True)
+  import jax
+  main = jax.process_index() == 0
+  instances, configs, done = _instances(order, seeded), [], set()
+  for name, seed, rel in instances:     # every reference resolves, before the first run trains
+    configs.append(_resolve(config.runs[name], workdir, done, seed, seeded))
+    done.add(rel)
+  t0 = time.perf_counter()
+  for i, ((name, seed, rel), cfg) in enumerate(zip(instances, configs)):
+    sub = os.path.join(workdir, rel)
+    print(f'\n=== [{i + 1}/{len(instances)}] {rel} ({time.perf_counter() - t0:.0f} s elapsed) -> {sub}', flush=True)
     t = time.perf_counter()
     if name in config.get('evaluate_only', ()):
       if not os.path.exists(os.path.join(sub, 'evaluate.json')):
         evaluate.evaluate(cfg, sub)
+      stopped = None
     else:
-      result = train.train_and_evaluate(cfg, sub)
-      if result.stopped_by:
-        print(f'stopped by {result.stopped_by}; rerun the same command to resume', flush=True)
-        return []
-    seconds[name] = time.perf_counter() - t
-    done.add(name)
-  import jax
-  if jax.process_index() != 0:      # one writer for the report, as for metrics
+      stopped = train.train_and_evaluate(cfg, sub).stopped_by
+    if main:
+      _add_time(sub, time.perf_counter() - t, finished=not stopped)
+    if stopped:
+      print(f'stopped by {stopped}; rerun the same command to resume', flush=True)
+      return []
+  if not main:      # one writer for the report, as for metrics
     return []
-  rows = report.write(workdir, config.report, seconds)
+  seconds = {}      # each run's wall time, over every invocation that worked on it (timing.json)
+  for name, _, rel in instances:
+    path = os.path.join(workdir, rel, 'timing.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        seconds[name] = seconds.get(name, 0.0) + json.load(f)['seconds']
+  rows = report.write(workdir, config.report, seconds, seeds=seeded)
   print(f'\nreport: {workdir}/report.md, report.json, curves.png, comparison.png '
         f'({time.perf_counter() - t0:.0f} s in all)', flush=True)
   with open(os.path.join(workdir, 'report.md')) as f:

@@ -8,11 +8,12 @@ import os
 
 import matplotlib
 import matplotlib.axes
+import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
 from conftest import ROOT
-from ftjax import report
+from ftjax import report, stats
 from ftjax.errors import UserError
 
 matplotlib.use('Agg')
@@ -28,6 +29,11 @@ def write_run(workdir, name, values: dict, evaluate=False):
   rows = [{'step': 0, 'train/loss': 2.5}, {'step': 5, 'train/loss': 1.5, 'eval/accuracy': 0.5},
           {'step': 10, 'train/loss': 1.0, 'eval/accuracy': 0.25, **values}]
   (d / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+
+
+def cells(rows):
+  """report.json's per-cell rows, without the aggregates (means, differences, steps to target)."""
+  return [r for r in rows if 'aggregate' not in r]
 
 
 def table(md: str) -> dict:
@@ -78,8 +84,8 @@ def test_variants_of_any_name_all_reach_the_table_json_and_plots(tmp_path, drawn
   rows = report.write(str(tmp_path), lr_config(), {'digits_lr_1e-3': 12.0})
 
   assert json.loads((tmp_path / 'report.json').read_text()) == rows
-  assert {(r['task'], r['init']): r['value'] for r in rows} == LR
-  assert {(r['task'], r['metric']) for r in rows} == {('digits', 'test_accuracy'), ('stsb', 'test_pearson')}
+  assert {(r['task'], r['init']): r['value'] for r in cells(rows)} == LR
+  assert {(r['task'], r['metric']) for r in cells(rows)} == {('digits', 'test_accuracy'), ('stsb', 'test_pearson')}
   md = (tmp_path / 'report.md').read_text()
   assert md.startswith('# Learning rates\n')
   assert ('| task | metric | lr_1e-3 | lr_1e-4 | lr_3e-4 | lr_1e-2 | lr_1e-4 - lr_1e-3 | lr_3e-4 - lr_1e-3 '
@@ -143,10 +149,10 @@ def test_the_demo_report_keeps_its_columns_and_its_one_difference(tmp_path, draw
   write_run(tmp_path, 'text_mlm', {'eval/accuracy': 0.3039})
   rows = report.write(str(tmp_path), cfg, {'digits_simclr': 72.0})
 
-  assert [(r['task'], r['init'], r['value']) for r in rows] == [
+  assert [(r['task'], r['init'], r['value']) for r in cells(rows)] == [
       ('digits', 'scratch', 0.9259), ('digits', 'pretrained', 0.937), ('sentiment text', 'scratch', 0.554),
       ('sentiment text', 'pretrained', 0.6098), ('sentiment text', 'minilm', 0.7027)]
-  assert all(set(r) == {'task', 'init', 'metric', 'value'} and r['metric'] == 'test_accuracy' for r in rows)
+  assert all(set(r) == {'task', 'init', 'metric', 'value'} and r['metric'] == 'test_accuracy' for r in cells(rows))
   md = (tmp_path / 'report.md').read_text()
   shown = md.split('\n![')[0]                      # what the experiment prints
   assert shown.startswith('# Pretrained vs from scratch, same fine-tuning budget (test accuracy)\n\n'
@@ -156,7 +162,7 @@ def test_the_demo_report_keeps_its_columns_and_its_one_difference(tmp_path, draw
                           '| sentiment text | test_accuracy | 0.5540 | 0.6098 | 0.7027 | +5.6 points |\n\n')
   assert '| digits: linear probe on random-init features (test) | 0.8926 |' in shown      # from evaluate.json
   assert '| sentiment: TF-IDF + logistic regression, same labelled tweets | 0.6364 |' in shown
-  assert md.count('minilm') == 1 and 'No value' not in md
+  assert 'minilm - scratch' not in md and 'No value' not in md
   assert '![training curves](curves.png)' in md and '![comparison](comparison.png)' in md
   assert {label for _, label, _, _ in drawn['bars']} == {'scratch', 'pretrained', 'minilm'}
   assert drawn['bars'][0][0].get_ylabel() == 'test accuracy'
@@ -218,3 +224,112 @@ def test_check_names_the_runs_an_experiment_lacks_before_any_is_trained():
   assert report.check(demo.report, runs=runs)['compare'] == ('pretrained',)
   with pytest.raises(UserError, match=r"report names runs the experiment does not define: \['digits_random'\]"):
     report.check(demo.report, runs=[r for r in runs if r != 'digits_random'])
+
+
+def test_the_confidence_interval_is_students_t_interval():
+  s = stats.summary([1.0, 2.0, 3.0, 4.0, 5.0])
+  # mean 3, sample std sqrt(2.5), t(0.975, 4 dof) = 2.776445 from the tables: half-width 2.776445 * sqrt(0.5)
+  assert s['n'] == 5 and s['mean'] == 3.0 and s['std'] == pytest.approx(1.5811388, abs=1e-6)
+  assert s['ci'] == pytest.approx((3.0 - 1.9632, 3.0 + 1.9632), abs=1e-4)
+  # mean 0.92333, std 0.025166, t(0.975, 2 dof) = 4.302653: half-width 0.062517
+  assert stats.summary([0.9, 0.95, 0.92])['ci'] == pytest.approx((0.860816, 0.985850), abs=1e-5)
+  assert stats.summary([0.5]) == {'n': 1, 'mean': 0.5, 'std': None, 'ci': None}
+
+
+def test_paired_differences_of_identical_arms_include_zero_and_a_real_gap_excludes_it():
+  rng = np.random.default_rng(0)
+  a = {k: float(v) for k, v in enumerate(rng.normal(0.8, 0.05, 5))}
+  same = stats.paired(a, dict(a))
+  assert same['mean'] == 0.0 and same['ci'][0] <= 0.0 <= same['ci'][1] and not same['excludes_zero']
+  noise = {k: v + float(rng.normal(0, 0.01)) for k, v in a.items()}     # the same arm, other seed noise
+  d = stats.paired(noise, a)
+  assert d['ci'][0] < 0 < d['ci'][1] and not d['excludes_zero']
+  better = {k: v + 0.05 + float(rng.normal(0, 0.01)) for k, v in a.items()}
+  d = stats.paired(better, a)
+  assert d['excludes_zero'] and d['ci'][0] > 0 and d['seeds'] == [0, 1, 2, 3, 4]
+  assert stats.paired({0: 1.0, 7: 2.0}, {7: 1.5, 9: 0.0}) == {'n': 1, 'mean': 0.5, 'std': None, 'ci': None,
+                                                                'seeds': [7], 'excludes_zero': False}
+
+
+def test_steps_to_target_is_the_first_evaluation_at_or_above_it():
+  rows = [{'step': 0, 'train/loss': 2.0}, {'step': 10, 'eval/accuracy': 0.5}, {'step': 20, 'eval/accuracy': 0.8},
+          {'step': 25, 'train/loss': 0.5}, {'step': 30, 'eval/accuracy': 0.7}, {'step': 40, 'eval/accuracy': 0.9}]
+  assert stats.steps_to_target(rows, 'eval/accuracy', 0.8) == 20
+  assert stats.steps_to_target(rows, 'eval/accuracy', 0.85) == 40
+  assert stats.steps_to_target(rows, 'eval/accuracy', 0.5) == 10
+  assert stats.steps_to_target(rows, 'eval/accuracy', 0.95) is None
+  assert stats.steps_to_target(list(reversed(rows)), 'eval/accuracy', 0.75) == 20
+
+
+def seeded_run(workdir, name, seed, test, curve, seconds=None):
+  d = workdir / name / f's{seed}'
+  d.mkdir(parents=True)
+  rows = [{'step': s, 'train/loss': 2.0 / (1 + s), 'eval/accuracy': a} for s, a in curve]
+  rows[-1]['test/accuracy'] = test
+  (d / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  if seconds:
+    (d / 'timing.json').write_text(json.dumps({'seconds': seconds, 'finished': True}))
+
+
+def test_a_seeded_report_gives_means_intervals_paired_differences_and_steps_to_target(tmp_path, drawn):
+  # scratch reaches 0.6 / 0.7 / 0.8 at step 40; pretrained gets there sooner and ends higher on every seed.
+  scratch = {0: (0.80, [(10, 0.3), (20, 0.5), (30, 0.6), (40, 0.6)]),
+             1: (0.82, [(10, 0.2), (20, 0.4), (30, 0.6), (40, 0.7)]),
+             2: (0.84, [(10, 0.3), (20, 0.6), (30, 0.7), (40, 0.8)])}
+  pretrained = {0: (0.90, [(10, 0.7), (20, 0.8), (30, 0.8), (40, 0.9)]),
+                1: (0.91, [(10, 0.5), (20, 0.7), (30, 0.9), (40, 0.9)]),
+                2: (0.95, [(10, 0.6), (20, 0.6), (30, 0.6), (40, 0.6)])}
+  for k in (0, 1, 2):
+    seeded_run(tmp_path, 'sc', k, *scratch[k], seconds=80.0)
+    seeded_run(tmp_path, 'pt', k, *pretrained[k], seconds=40.0)
+  write_run(tmp_path, 'probe', {'probe/accuracy': 0.75})
+  cfg = dict(title='t', variants=('scratch', 'pretrained'), baseline='scratch', difference='points',
+             rows=[('digits', 'scratch', 'sc', 'test/accuracy'), ('digits', 'pretrained', 'pt', 'test/accuracy')],
+             extras=[('probe', 'probe', 'probe/accuracy'), ('seeded extra', 'pt', 'test/accuracy')],
+             curves={'digits': ['sc', 'pt']}, eval_key='eval/accuracy')
+  rows = report.write(str(tmp_path), cfg, {'sc': 240.0, 'pt': 120.0}, seeds={'sc': (0, 1, 2), 'pt': (0, 1, 2)})
+
+  assert json.loads((tmp_path / 'report.json').read_text()) == rows
+  assert [(r['init'], r['seed'], r['value']) for r in cells(rows)] == (
+      [('scratch', k, scratch[k][0]) for k in (0, 1, 2)] + [('pretrained', k, pretrained[k][0]) for k in (0, 1, 2)])
+  agg = {(r['init'], r['aggregate']): r for r in rows if 'aggregate' in r}
+  # scratch 0.80 / 0.82 / 0.84: mean 0.82, std 0.02, half-width 4.302653 * 0.02 / sqrt(3) = 0.049683
+  assert agg[('scratch', 'mean')]['value'] == pytest.approx(0.82) and agg[('scratch', 'mean')]['std'] == pytest.approx(0.02)
+  assert agg[('scratch', 'mean')]['ci95'] == pytest.approx([0.82 - 0.049683, 0.82 + 0.049683], abs=1e-5)
+  d = agg[('pretrained - scratch', 'paired_difference')]       # differences 0.10, 0.09, 0.11
+  assert d['value'] == pytest.approx(0.10) and d['n'] == 3 and d['excludes_zero']
+  assert d['ci95'] == pytest.approx([0.10 - 0.024841, 0.10 + 0.024841], abs=1e-5)
+  # Target: scratch's final validation mean, (0.6 + 0.7 + 0.8) / 3 = 0.7.
+  sc, pt = agg[('scratch', 'steps_to_target')], agg[('pretrained', 'steps_to_target')]
+  assert sc['target'] == pytest.approx(0.7) and pt['target'] == pytest.approx(0.7)
+  assert [p['step'] for p in sc['per_seed']] == [None, 40, 30] and sc['reached'] == 2 and sc['value'] == 35
+  assert [p['step'] for p in pt['per_seed']] == [10, 20, None] and pt['reached'] == 2 and pt['value'] == 15
+  assert [p['seconds'] for p in pt['per_seed']] == [10.0, 20.0, None]        # 40 s for 40 steps
+  assert pt['speedup'] == pytest.approx(40 / 20) and pt['speedup_std'] is None     # only seed 1 has both
+
+  md = (tmp_path / 'report.md').read_text()
+  t = table(md)
+  assert t['digits']['scratch'] == '0.8200 ± 0.0200 [0.7703, 0.8697]'
+  assert t['digits']['pretrained - scratch'] == '**+10.0 points [+7.5, +12.5]**'
+  assert ('digits: pretrained - scratch = +10.0 points (95% CI +7.5 points to +12.5 points, 3 paired seeds): the '
+          'interval excludes 0') in md
+  assert '| digits | 0.7000 | pretrained | 15 ± 7 | 2 of 3 | 15 | 2.00x |' in md
+  assert '| digits | 0.7000 | scratch | 35 ± 7 | 2 of 3 | 70 |  |' in md
+  assert '| probe | 0.7500 |' in md and '| seeded extra | 0.9200 ± 0.0265 [' in md
+  assert 'Run times: sc 240 s (3 seeds), pt 120 s (3 seeds) (total 360 s).' in md
+  # Bars at the means, each seed a dot; curves: the mean over seeds, with a band.
+  assert sorted(round(h, 4) for _, _, _, h in drawn['bars']) == [0.82, 0.92]
+  evals = {lb: ys for ax, lb, ys in drawn['lines'] if 'eval' in ax.get_title()}
+  assert evals['sc'] == pytest.approx([0.8 / 3, 1.5 / 3, 1.9 / 3, 0.7])
+
+
+def test_identical_arms_over_seeds_are_reported_as_indistinguishable(tmp_path, drawn):
+  for k, v in enumerate((0.8, 0.85, 0.83)):
+    seeded_run(tmp_path, 'a', k, v, [(10, v)])
+    seeded_run(tmp_path, 'b', k, v + (0.01 if k == 1 else -0.01 if k == 2 else 0.0), [(10, v)])
+  cfg = dict(title='t', baseline='a', rows=[('x', 'a', 'a', 'test/accuracy'), ('x', 'b', 'b', 'test/accuracy')],
+             sweep=[('x', 'g', 50)], sweep_label='labels')
+  report.write(str(tmp_path), cfg, seeds={'a': (0, 1, 2), 'b': (0, 1, 2)})
+  md = (tmp_path / 'report.md').read_text()
+  assert 'the interval includes 0, so these seeds cannot tell the two apart' in md
+  assert '**' not in table(md)['x']['b - a'] and (tmp_path / 'sweep.png').stat().st_size > 0
