@@ -1,10 +1,10 @@
-"""The main job: does pretraining pay off? Embedded data and real weights only; ~10 min on 2 cores.
+"""The main job: does pretraining pay off beyond seed noise? Embedded data, real weights; ~10 min on 2 cores.
 
-Digits: SimCLR pretrains a ResNet-18 (labels unused), a linear probe compares its features with a
-random init's, then it is fine-tuned on 250 labelled images against the same model from scratch.
-Text: a small BERT learns masked-LM on the sentiment tweets' text (labels unused), then is
-fine-tuned on 500 labelled tweets against the same model from scratch, beside real MiniLM weights
-fine-tuned on the same 500 (fewer steps: it costs 16x more per example). Writes report.md/.json and plots.
+Digits: SimCLR pretrains a ResNet-18 (labels unused); probes and SVMs compare its frozen features with a random
+init's; it is fine-tuned on 250 labels against the same model from scratch. Text: a small BERT learns masked-LM
+on the tweets' text, then is fine-tuned on 500 labelled tweets against scratch; frozen real MiniLM features get
+a probe and an SVM on the same 500. 3 seeds per fine-tuning arm; the report gives 95% intervals, paired
+differences and the steps each arm needs to reach the scratch arm's final validation accuracy.
   python -m ftjax.main --config=configs/demo.py --workdir=runs/demo
 """
 import importlib.util
@@ -12,68 +12,68 @@ import os
 
 from ml_collections import ConfigDict
 
+from ftjax.defaults import eval_config
 
-def _config(name, arg=None):
+
+def _config(name, arg=None, **top):
   spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), f'{name}.py'))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  c = mod.get_config(arg)
+  c.update(top)
+  return c
 
 
 def get_config(arg=None):
   smoke = arg == 'smoke'
   s = 'smoke' if smoke else None
   r = ConfigDict()
-  r.digits_simclr = _config('simclr_digits', s)
-  r.digits_simclr.total_steps = 6 if smoke else 200
+  r.digits_simclr = _config('simclr_digits', s, total_steps=6 if smoke else 80)
+  r.digits_simclr.schedule.warmup_steps = warmup = 1 if smoke else 20
+  r.digits_simclr.evals.svm_250 = eval_config(type='svm', split='test', train_split='train[:250]')
   r.digits_random = r.digits_simclr.copy_and_resolve_references()        # evaluated, never trained
-  tune = _config('resnet_digits', s)
+  tune = _config('resnet_digits', s, total_steps=6 if smoke else 100)
   tune.model.update(width=r.digits_simclr.model.width, zero_init_residual=False)
-  tune.input.train_split = 'train[:250]'          # few labels: where pretraining should matter
-  tune.total_steps = 6 if smoke else 150
-  tune.evals.eval.every = 0 if smoke else 50
+  tune.input.update(train_split='train[:250]', batch_size=16 if smoke else 64)     # few labels: where it should matter
+  tune.schedule.warmup_steps = warmup
+  tune.evals.eval.every = 3 if smoke else 10      # often enough to time the steps to a target
   r.digits_scratch = tune
   r.digits_pretrained = tune.copy_and_resolve_references()
   r.digits_pretrained.init.source = 'run:digits_simclr'       # the projector is left behind, a head added
-
-  r.text_mlm = _config('text_mlm', s)
-  ft = _config('text_finetune', s)
-  ft.input.tokenizer = 'run:text_mlm'           # scratch too: the same vocabulary for both
+  r.text_mlm = _config('text_mlm', s, total_steps=6 if smoke else 350)
+  ft = _config('text_finetune', s, total_steps=6 if smoke else 100)
+  ft.input.update(tokenizer='run:text_mlm', batch_size=16)     # scratch too: the same vocabulary for both
+  ft.evals.eval.update(every=3 if smoke else 20, split='validation[:32]' if smoke else 'validation[:500]')
   r.sentiment_scratch = ft
   r.sentiment_pretrained = ft.copy_and_resolve_references()
   r.sentiment_pretrained.init.source = 'run:text_mlm'
-  r.sentiment_minilm = m = _config('bert_finetune_sentiment', s)     # 16x the small BERT's cost per example
-  m.update(total_steps=6 if smoke else 120, log_every=2 if smoke else 20)
-  m.input.update(train_split=ft.input.train_split, batch_size=16, pp_train=ft.input.pp_train,
-                 pp_eval=ft.input.pp_eval)
-  m.schedule.warmup_steps = 1 if smoke else 12
-  m.evals = ft.evals.copy_and_resolve_references()
-  del m.evals['eval'], m.evals['tfidf']           # test only: MiniLM inference costs ~25 s per split
+  r.minilm_features = m = _config('bert_finetune_sentiment', s)     # real weights, frozen: evaluated only
+  m.input.update(train_split=ft.input.train_split, pp_eval=ft.input.pp_eval)
+  m.evals = ConfigDict({k: eval_config(type=k, split=ft.evals.test.split, batch_size=128)
+                        for k in ('linear_probe', 'svm')})
   for cfg in r.values():
     cfg.checkpoint.best_metric = ''             # the report reads final metrics; skip best-checkpoint saves
-
-  c = ConfigDict()
-  c.runs = r
+  c = ConfigDict(dict(runs=r))
   c.order = ('digits_simclr', 'digits_random', 'digits_scratch', 'digits_pretrained',
-             'text_mlm', 'sentiment_scratch', 'sentiment_pretrained', 'sentiment_minilm')
-  c.evaluate_only = ('digits_random',)
+             'text_mlm', 'sentiment_scratch', 'sentiment_pretrained', 'minilm_features')
+  c.evaluate_only = ('digits_random', 'minilm_features')
+  c.seeds = (0, 1) if smoke else (0, 1, 2)      # every fine-tuning run; the pretraining runs are shared
+  c.shared = ('digits_simclr', 'digits_random', 'text_mlm', 'minilm_features')
+  feats = lambda label, key: [(f'digits: {label}, SimCLR features', 'digits_simclr', key),
+                              (f'digits: {label}, random-init features', 'digits_random', key)]
   c.report = ConfigDict(dict(
       title='Pretrained vs from scratch, same fine-tuning budget (test accuracy)',
-      variants=('scratch', 'pretrained', 'minilm'), baseline='scratch', compare=('pretrained',), difference='points',
-      rows=[('digits', 'scratch', 'digits_scratch', 'test/accuracy'),
-            ('digits', 'pretrained', 'digits_pretrained', 'test/accuracy'),
-            ('sentiment text', 'scratch', 'sentiment_scratch', 'test/accuracy'),
-            ('sentiment text', 'pretrained', 'sentiment_pretrained', 'test/accuracy'),
-            ('sentiment text', 'minilm', 'sentiment_minilm', 'test/accuracy')],
-      extras=[('digits: linear probe on SimCLR features (test)', 'digits_simclr', 'probe_test/accuracy'),
-              ('digits: linear probe on random-init features (test)', 'digits_random', 'probe_test/accuracy'),
-              ('digits: linear probe fit on 250 labels, SimCLR features', 'digits_simclr', 'probe_250/accuracy'),
-              ('digits: linear probe fit on 250 labels, random-init features', 'digits_random', 'probe_250/accuracy'),
-              ('digits: 5-shot on SimCLR features', 'digits_simclr', 'fewshot/5shot'),
-              ('digits: 5-shot on random-init features', 'digits_random', 'fewshot/5shot'),
-              ('sentiment: TF-IDF + logistic regression, same labelled tweets', 'sentiment_scratch', 'tfidf/accuracy'),
-              ('text MLM: validation masked-token accuracy', 'text_mlm', 'eval/accuracy')],
+      variants=('scratch', 'pretrained'), baseline='scratch', difference='points',
+      rows=[(task, v, f'{run}_{v}', 'test/accuracy') for task, run in (('digits', 'digits'),
+            ('sentiment text', 'sentiment')) for v in ('scratch', 'pretrained')],
+      extras=feats('logistic probe on all labels', 'probe_test/accuracy')
+      + feats('logistic probe on 250 labels', 'probe_250/accuracy') + feats('linear SVM on 250 labels', 'svm_250/accuracy')
+      + feats('5-shot ridge', 'fewshot/5shot')
+      + [('sentiment: TF-IDF + logistic regression, same 500 tweets', 'sentiment_scratch', 'tfidf/accuracy'),
+         ('sentiment: logistic probe on frozen MiniLM features, same 500', 'minilm_features', 'linear_probe/accuracy'),
+         ('sentiment: linear SVM on frozen MiniLM features, same 500', 'minilm_features', 'svm/accuracy'),
+         ('text MLM: validation masked-token accuracy', 'text_mlm', 'eval/accuracy')],
       curves={'digits': ['digits_scratch', 'digits_pretrained'],
-              'sentiment text': ['sentiment_scratch', 'sentiment_pretrained', 'sentiment_minilm']},
+              'sentiment text': ['sentiment_scratch', 'sentiment_pretrained']},
       eval_key='eval/accuracy', metric_label='test accuracy'))
   return c
