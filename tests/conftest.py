@@ -104,8 +104,8 @@ def fast_model(ctor):
 
 # The slowest files first: with one file per worker (--dist loadfile), a long file started last leaves
 # the other worker idle at the end. Ordered by their time on the 2-core development machine.
-SLOW_FIRST = ('test_resume.py', 'test_multiprocess.py', 'test_configs.py', 'test_demo.py', 'test_fuzz.py',
-              'test_evals.py', 'test_sharding.py', 'test_perf.py', 'test_bench.py', 'test_transfer.py')
+SLOW_FIRST = ('test_demo.py', 'test_resume.py', 'test_multiprocess.py', 'test_configs.py', 'test_label_efficiency.py',
+              'test_fuzz.py', 'test_evals.py', 'test_sharding.py', 'test_perf.py', 'test_bench.py', 'test_transfer.py')
 
 
 def pytest_collection_modifyitems(session, config, items):

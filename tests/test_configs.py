@@ -25,8 +25,10 @@ def test_config_is_short_and_has_smoke(path):
     assert len(f.read().splitlines()) < 80
   mod = load(path)
   full, smoke = mod.get_config(), mod.get_config('smoke')
-  pairs = [(full.runs[k], smoke.runs[k]) for k in full.order] if 'runs' in full else [(full, smoke)]
-  for f, s in pairs:       # an experiment: every run shrinks
+  if 'runs' in full:       # an experiment: its smoke runs some of its runs (label_efficiency: fewer sizes)
+    assert set(smoke.order) <= set(full.order) and smoke.order
+  pairs = [(full.runs[k], smoke.runs[k]) for k in smoke.order] if 'runs' in full else [(full, smoke)]
+  for f, s in pairs:       # every run shrinks
     assert f.model.name and f.input.dataset
     steps = lambda c: c.total_steps if c.total_steps > 0 else float('inf')
     assert steps(s) < steps(f) or s.input.batch_size < f.input.batch_size
