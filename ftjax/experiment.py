@@ -97,7 +97,7 @@ def run(config, workdir: str) -> list[dict]:
     configs.append(_resolve(config.runs[name], workdir, done, seed, seeded))
     done.add(rel)
   t0 = time.perf_counter()
-  for i, ((name, seed, rel), cfg) in enumerate(zip(instances, configs)):
+  for i, ((name, _, rel), cfg) in enumerate(zip(instances, configs)):
     sub = os.path.join(workdir, rel)
     print(f'\n=== [{i + 1}/{len(instances)}] {rel} ({time.perf_counter() - t0:.0f} s elapsed) -> {sub}', flush=True)
     t = time.perf_counter()
