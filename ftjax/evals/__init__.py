@@ -71,6 +71,14 @@ def collect(fn, state, batches, sharding) -> dict:
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
+def standardise_and_hold_out(x, x_test, seed=0):
+  """Train and test features standardised with train statistics, and a held-out fifth of the train rows (a
+  boolean mask) on which a head on frozen features chooses its regularisation (linear_probe, svm, ridge)."""
+  mean, std = x.mean(0), x.std(0) + 1e-6
+  held = np.random.default_rng(seed).permutation(len(x)) < len(x) // 5
+  return (x - mean) / std, (x_test - mean) / std, held
+
+
 _FEATURES = {'state': None, 'cache': {}}      # the features of the last evaluated state (FeatureEvaluator.features)
 
 

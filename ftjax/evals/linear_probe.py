@@ -40,10 +40,8 @@ def fit(x, y, weight, l2, *, num_classes: int, steps: int = 200):
 
 def probe_accuracy(x, y, x_test, y_test, l2_grid=L2_GRID, steps=200, seed=0):
   """Returns (test accuracy, chosen l2)."""
-  mean, std = x.mean(0), x.std(0) + 1e-6
-  x, x_test = (x - mean) / std, (x_test - mean) / std
+  x, x_test, held = evals.standardise_and_hold_out(x, x_test, seed)
   c = int(max(y.max(), y_test.max())) + 1
-  held = np.random.default_rng(seed).permutation(len(y)) < len(y) // 5
   acc = lambda p, a, b: float(np.mean(np.asarray(jnp.argmax(a @ p['w'] + p['b'], -1)) == b))
   scores = [acc(fit(x, y, (~held).astype(np.float32), l2, num_classes=c, steps=steps), x[held], y[held])
             for l2 in l2_grid]

@@ -17,9 +17,7 @@ def ridge_scores(x, y, x_test, y_test, alpha_grid=ALPHA_GRID, seed=0):
   """Returns ({pearson, spearman, mse, r2} on the test features, chosen alpha)."""
   from scipy import stats
   from sklearn.linear_model import Ridge      # here: sklearn takes ~2.5 s to import (classification.py)
-  mean, std = x.mean(0), x.std(0) + 1e-6
-  x, x_test = (x - mean) / std, (x_test - mean) / std
-  held = np.random.default_rng(seed).permutation(len(y)) < len(y) // 5
+  x, x_test, held = evals.standardise_and_hold_out(x, x_test, seed)
   mse = lambda p, t: float(np.mean((p - t) ** 2))
   errors = [mse(Ridge(alpha=a).fit(x[~held], y[~held]).predict(x[held]), y[held]) for a in alpha_grid]
   best = alpha_grid[int(np.argmin(errors))]

@@ -19,9 +19,7 @@ def svm_accuracy(x, y, x_test, y_test, c_grid=C_GRID, max_iter=2000, seed=0):
 
   from sklearn.exceptions import ConvergenceWarning
   from sklearn.svm import LinearSVC           # here: sklearn takes ~2.5 s to import (classification.py)
-  mean, std = x.mean(0), x.std(0) + 1e-6
-  x, x_test = (x - mean) / std, (x_test - mean) / std
-  held = np.random.default_rng(seed).permutation(len(y)) < len(y) // 5
+  x, x_test, held = evals.standardise_and_hold_out(x, x_test, seed)
 
   def fit(c, rows):
     with warnings.catch_warnings():      # an unconverged fit on a C too large is still scored, and loses
