@@ -33,7 +33,7 @@ def seeded_runs(config) -> dict:
 
 def _instances(order, seeded):
   """[(run name, seed or None, sub-directory)] in run order: a seeded run's seeds one after another."""
-  return [(name, k, name if k is None else f'{name}/s{k}') for name in order for k in seeded.get(name, (None,))]
+  return [(name, k, rel) for name in order for k, rel in report.run_dirs(name, seeded)]
 
 
 def _resolve(cfg, workdir, done, seed, seeded):
@@ -46,10 +46,9 @@ def _resolve(cfg, workdir, done, seed, seeded):
       name = value[4:]
       if name in seeded and seed is None:
         raise UserError(f'{section}.{key}={value!r}: a run shared by all seeds cannot read the seeded run {name!r}')
-      sub = name if name not in seeded else f'{name}/s{seed}'
+      sub = report.run_dir(name, seed if name in seeded else None)
       if sub not in done:
-        raise UserError(f'{section}.{key}={value!r}: no earlier run named {name!r}'
-                        + (f' with seed {seed}' if name in seeded and seed not in seeded[name] else ''))
+        raise UserError(f'{section}.{key}={value!r}: no earlier run named {name!r}')
       cfg[section][key] = os.path.join(workdir, sub)
   return cfg
 
@@ -116,10 +115,8 @@ def run(config, workdir: str) -> list[dict]:
     return []
   seconds = {}      # each run's wall time, over every invocation that worked on it (timing.json)
   for name, _, rel in instances:
-    path = os.path.join(workdir, rel, 'timing.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        seconds[name] = seconds.get(name, 0.0) + json.load(f)['seconds']
+    if (t := report.timing(workdir, rel)) is not None:
+      seconds[name] = seconds.get(name, 0.0) + t
   rows = report.write(workdir, config.report, seconds, seeds=seeded)
   print(f'\nreport: {workdir}/report.md, report.json, curves.png, comparison.png '
         f'({time.perf_counter() - t0:.0f} s in all)', flush=True)

@@ -162,12 +162,18 @@ def _difference(d, how):
   return f'{100 * d:+.1f} points' if how == 'points' else f'{d:+.4f}'
 
 
-def _runs(run, seeds):
-  """[(seed or None, directory relative to the workdir)] of a report run."""
-  return [(k, f'{run}/s{k}') for k in seeds[run]] if run in seeds else [(None, run)]
+def run_dir(run, seed=None) -> str:
+  """A run's directory relative to the workdir: <run>, or <run>/s<seed> for one seed of a seeded run."""
+  return run if seed is None else f'{run}/s{seed}'
 
 
-def _timing(workdir, rel):
+def run_dirs(run, seeds) -> list:
+  """[(seed or None, run_dir)] of a run; seeds: {run: its seeds} for the seeded runs."""
+  return [(k, run_dir(run, k)) for k in seeds.get(run, (None,))]
+
+
+def timing(workdir, rel):
+  """A run's wall seconds over the invocations that worked on it (timing.json, ftjax/experiment.py), or None."""
   path = os.path.join(workdir, rel, 'timing.json')
   if not os.path.exists(path):
     return None
@@ -198,7 +204,7 @@ def _targets(workdir, c, seeds, runs):
   for task in dict.fromkeys(t for t, _, _, _ in c['rows']):
     if (task, baseline) not in runs:
       continue
-    metrics = {v: {k: read_metrics(os.path.join(workdir, rel)) for k, rel in _runs(r, seeds)}
+    metrics = {v: {k: read_metrics(os.path.join(workdir, rel)) for k, rel in run_dirs(r, seeds)}
                for (t, v), r in runs.items() if t == task}
     finals = [last(m, key) for m in metrics[baseline].values()]
     finals = [f for f in finals if f is not None]
@@ -210,8 +216,8 @@ def _targets(workdir, c, seeds, runs):
       if v not in steps:
         continue
       per_seed = []
-      for k, rel in _runs(runs[(task, v)], seeds):
-        s, t, m = steps[v][k], _timing(workdir, rel), metrics[v][k]
+      for k, rel in run_dirs(runs[(task, v)], seeds):
+        s, t, m = steps[v][k], timing(workdir, rel), metrics[v][k]
         total = max((r['step'] for r in m), default=0)
         per_seed.append({'seed': k, 'step': s, 'seconds': s * t / total if s is not None and t and total else None,
                          'of_steps': total})
@@ -236,12 +242,11 @@ def _sentences(c, diffs, targets):
     head = f'{task}: {v} - {c["baseline"]} = {_difference(d["mean"], how)}'
     if d['n'] < 2:
       out.append(f'- {head} from one run per arm: no confidence interval, and a difference of this size can be seed noise.')
-    elif d['excludes_zero']:
-      out.append(f'- {head} (95% CI {_difference(d["ci"][0], how)} to {_difference(d["ci"][1], how)}, {d["n"]} '
-                 f'paired seeds): the interval excludes 0, so the difference is larger than seed noise.')
     else:
+      verdict = ('excludes 0, so the difference is larger than seed noise' if d['excludes_zero'] else
+                 'includes 0, so these seeds cannot tell the two apart')
       out.append(f'- {head} (95% CI {_difference(d["ci"][0], how)} to {_difference(d["ci"][1], how)}, {d["n"]} '
-                 f'paired seeds): the interval includes 0, so these seeds cannot tell the two apart.')
+                 f'paired seeds): the interval {verdict}.')
     for t in targets:
       if t['task'] == task and t['init'] == v:
         if not t['reached']:
@@ -265,7 +270,7 @@ def write(workdir: str, cfg, seconds: dict | None = None, seeds: dict | None = N
   for task, variant, run, key in c['rows']:
     runs[(task, variant)] = run
     vals = {}
-    for k, rel in _runs(run, seeds):
+    for k, rel in run_dirs(run, seeds):
       v = _value(workdir, rel, key)
       if v is not None:
         vals[k] = float(v)
@@ -295,7 +300,7 @@ def write(workdir: str, cfg, seconds: dict | None = None, seeds: dict | None = N
   rows += targets
   with open(os.path.join(workdir, 'report.json'), 'w') as f:
     json.dump(rows, f, indent=2)
-  _plots(workdir, c, cells, seeds)
+  _plots(workdir, c, cells, summaries, seeds)
 
   heads = list(variants) + [f'{v} - {baseline}' for v in c['compare']]
   md = [f'# {c["title"]}', '', '| task | metric | ' + ' | '.join(heads) + ' |', '|---|---|' + '---|' * len(heads)]
@@ -324,7 +329,7 @@ def write(workdir: str, cfg, seconds: dict | None = None, seeds: dict | None = N
                 + ('' if t['seconds'] is None else f'{t["seconds"]:.0f}') + f' | {speed} |')
   extras = []
   for label, run, key in c['extras']:
-    vals = [v for _, rel in _runs(run, seeds) if (v := _value(workdir, rel, key)) is not None]
+    vals = [v for _, rel in run_dirs(run, seeds) if (v := _value(workdir, rel, key)) is not None]
     if vals:      # a value every seed gives alike (a baseline that ignores the seed) is shown once
       extras.append((label, _cell(stats.summary(vals)) if len(set(vals)) > 1 else f'{vals[0]:.4f}'))
   if extras:
@@ -346,7 +351,7 @@ def write(workdir: str, cfg, seconds: dict | None = None, seeds: dict | None = N
 def _mean_curve(workdir, run, seeds, key):
   """(steps, mean, std or None) of `key` over a run's seeds, at the steps every seed logged."""
   curves = []
-  for _, rel in _runs(run, seeds):
+  for _, rel in run_dirs(run, seeds):
     pts = {r['step']: r[key] for r in read_metrics(os.path.join(workdir, rel)) if key in r}
     if pts:
       curves.append(pts)
@@ -357,7 +362,7 @@ def _mean_curve(workdir, run, seeds, key):
   return steps, vals.mean(0), (vals.std(0, ddof=1) if len(curves) > 1 else None)
 
 
-def _plots(workdir, c, cells, seeds):
+def _plots(workdir, c, cells, summaries, seeds):
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -389,7 +394,6 @@ def _plots(workdir, c, cells, seeds):
   # Every configured task and variant keeps its slot (and colour), whatever is missing.
   tasks = list(dict.fromkeys(task for task, _, _, _ in c['rows']))
   variants = c['variants']
-  summaries = {tv: stats.summary(v.values()) for tv, v in cells.items()}
   fig, ax = plt.subplots(figsize=(2.5 + len(tasks) * max(2.0, 0.6 * len(variants)), 4))
   width = 0.8 / len(variants)
   unit = all(0.0 <= v <= 1.0 for vals in cells.values() for v in vals.values())
@@ -430,8 +434,8 @@ def _sweep_plot(workdir, c, summaries):
   for j, group in enumerate(groups):
     ax = axes[0, j]
     for k, variant in enumerate(c['variants']):
-      pts = sorted((x, summaries[(task, variant)]) for task, g, x in c['sweep']
-                   if g == group and (task, variant) in summaries)
+      pts = sorted(((x, summaries[(task, variant)]) for task, g, x in c['sweep']
+                    if g == group and (task, variant) in summaries), key=lambda p: p[0])
       if not pts:
         continue
       xs, ms = [p[0] for p in pts], [p[1] for p in pts]
