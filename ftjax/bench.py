@@ -276,28 +276,31 @@ def bench_decode(args) -> list:
   return rows
 
 
+def _f(v, p='{:.3f}'):
+  """A table cell: '' for a value not measured."""
+  return '' if v is None else p.format(v)
+
+
 def table(rows) -> str:
-  f = lambda v, p='{:.3f}': '' if v is None else p.format(v)
   out = ['| model | batch | shape | dtype | ftjax step (s) | torch step (s) | ftjax / torch | ex/s | tokens/s | '
          'compile (s) | TFLOP/s | MFU | input ex/s | input / step |', '|' + '---|' * 14]
   for r in rows:
-    out.append(f'| {_name(r)} | {r["batch"]} | {r["shape"]} | {r["dtype"]} | {f(r["ftjax_step_s"])} | '
-               f'{f(r["torch_step_s"])} | {f(r["ratio"], "{:.2f}x")} | {f(r["examples_per_s"], "{:.1f}")} | '
-               f'{f(r["tokens_per_s"], "{:,.0f}")} | {f(r["compile_s"], "{:.1f}")} | {f(r["achieved_tflops"])} | '
-               f'{f(r["mfu"], "{:.1%}")} | {f(r.get("input_examples_per_s"), "{:,.0f}")} | '
-               f'{f(r.get("input_over_step"), "{:.1f}x")} |')
+    out.append(f'| {_name(r)} | {r["batch"]} | {r["shape"]} | {r["dtype"]} | {_f(r["ftjax_step_s"])} | '
+               f'{_f(r["torch_step_s"])} | {_f(r["ratio"], "{:.2f}x")} | {_f(r["examples_per_s"], "{:.1f}")} | '
+               f'{_f(r["tokens_per_s"], "{:,.0f}")} | {_f(r["compile_s"], "{:.1f}")} | {_f(r["achieved_tflops"])} | '
+               f'{_f(r["mfu"], "{:.1%}")} | {_f(r.get("input_examples_per_s"), "{:,.0f}")} | '
+               f'{_f(r.get("input_over_step"), "{:.1f}x")} |')
   return '\n'.join(out)
 
 
 def decode_table(rows) -> str:
-  f = lambda v, p='{:.3f}': '' if v is None else p.format(v)
   out = ['| model | params | batch | prompt | new tokens | dtype | cached (s) | full (s) | cached tokens/s | '
          'full tokens/s | cached ms/token | full ms/token | speed-up |', '|' + '---|' * 13]
   for r in rows:
     out.append(f'| {_name(r)} decode | {r["params"] / 1e6:.1f}M | {r["batch"]} | {r["prompt_len"]} | {r["new_tokens"]} | '
-               f'{r["dtype"]} | {f(r["cached_s"])} | {f(r["full_s"])} | {f(r["cached_tokens_per_s"], "{:,.1f}")} | '
-               f'{f(r["full_tokens_per_s"], "{:,.1f}")} | {f(r["cached_ms_per_token"], "{:.2f}")} | '
-               f'{f(r["full_ms_per_token"], "{:.2f}")} | {f(r["speedup"], "{:.1f}x")} |')
+               f'{r["dtype"]} | {_f(r["cached_s"])} | {_f(r["full_s"])} | {_f(r["cached_tokens_per_s"], "{:,.1f}")} | '
+               f'{_f(r["full_tokens_per_s"], "{:,.1f}")} | {_f(r["cached_ms_per_token"], "{:.2f}")} | '
+               f'{_f(r["full_ms_per_token"], "{:.2f}")} | {_f(r["speedup"], "{:.1f}x")} |')
   return '\n'.join(out)
 
 
