@@ -58,6 +58,7 @@ class Preemption:
     self.peer = None     # multi-process: the signal any process saw, once agreed
     self._interruptible = False
     self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    self._old[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._again)
 
   def _handle(self, signum, frame):
     name = signal.Signals(signum).name
@@ -67,8 +68,14 @@ class Preemption:
             'to resume from the last complete checkpoint', file=sys.stderr, flush=True)
       os._exit(128 + signum)
     self.requested = name
+    self._again()
+
+  def _again(self, *_):
+    # Python drops an exception raised while a gc callback or __del__ runs ("Exception ignored in"), and
+    # a signal handler runs wherever the interpreter is: so raise again shortly, until the region is left.
     if self._interruptible:
-      raise EvaluationInterrupted(name)
+      signal.setitimer(signal.ITIMER_REAL, 0.2)
+      raise EvaluationInterrupted(self.requested)
 
   @contextlib.contextmanager
   def interruptible(self, allowed: bool = True):
@@ -80,6 +87,7 @@ class Preemption:
       yield
     finally:
       self._interruptible = False
+      signal.setitimer(signal.ITIMER_REAL, 0)
 
   def agreed(self, sync: bool):
     """Multi-process: the first signal seen by any process, once they have compared notes (a

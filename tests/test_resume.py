@@ -206,6 +206,32 @@ def test_signals_during_an_evaluation_stop_within_seconds_and_it_is_redone(tmp_p
   assert [r['step'] for r in rows(wd) if 'eval/accuracy' in r] == [10]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")   # the dropped first raise
+def test_a_signal_python_drops_inside_a_finaliser_still_abandons_the_evaluation():
+  """A signal handler runs wherever the interpreter is; an exception it raises inside __del__ or a gc
+  callback (as XLA's) is printed and dropped, and the evaluation would run to its end. It must not."""
+  from ftjax.train import EvaluationInterrupted, Preemption
+
+  class Finaliser:
+    def __del__(self):
+      os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(1000):      # the handler runs between these bytecodes, inside __del__
+        pass
+
+  preempt, t = Preemption(), time.time()
+  try:
+    with pytest.raises(EvaluationInterrupted):
+      with preempt.interruptible():
+        Finaliser()              # collected at once: its __del__ swallows the first raise
+        assert preempt.requested == 'SIGTERM'
+        while time.time() - t < 5:
+          time.sleep(0.01)
+  finally:
+    preempt.restore()
+  assert time.time() - t < 2
+  assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)      # no stray alarm left after the region
+
+
 def test_causal_lm_blocks_resume_bit_identically_after_sigterm(tmp_path):
   """GPT on streamed causal-LM blocks: the data state in the checkpoint is grain's (concatenate-then-split,
   window shuffle), not an index; SIGTERM mid-run, then the same command resumes it bit for bit."""
