@@ -11,11 +11,13 @@ run is bit-identical to an uninterrupted one on the same machine.
 """
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import signal
 import sys
 import time
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -68,14 +70,15 @@ class Preemption:
             'to resume from the last complete checkpoint', file=sys.stderr, flush=True)
       os._exit(128 + signum)
     self.requested = name
-    self._again()
+    self._again(signum, frame)
 
-  def _again(self, *_):
-    # Python drops an exception raised while a gc callback or __del__ runs ("Exception ignored in"), and
-    # a signal handler runs wherever the interpreter is: so raise again shortly, until the region is left.
+  def _again(self, signum, frame):
+    # A handler runs wherever the interpreter is; inside a gc callback (XLA has one) or a finaliser Python
+    # prints the exception and drops it. There, and in case of another such place, try again shortly.
     if self._interruptible:
-      signal.setitimer(signal.ITIMER_REAL, 0.2)
-      raise EvaluationInterrupted(self.requested)
+      signal.setitimer(signal.ITIMER_REAL, 0.1)
+      if not _dropped_there(frame):
+        raise EvaluationInterrupted(self.requested)
 
   @contextlib.contextmanager
   def interruptible(self, allowed: bool = True):
@@ -102,6 +105,16 @@ class Preemption:
   def restore(self):
     for s, h in self._old.items():
       signal.signal(s, h)
+
+
+def _dropped_there(frame) -> bool:
+  """Would Python drop an exception raised in this frame: is it inside a gc callback or a finaliser?"""
+  codes = {getattr(cb, '__code__', None) for cb in gc.callbacks} | {weakref.finalize.__call__.__code__}
+  while frame is not None:
+    if frame.f_code in codes or frame.f_code.co_name == '__del__':
+      return True
+    frame = frame.f_back
+  return False
 
 
 def check_finite(values: dict, step: int, what: str):
