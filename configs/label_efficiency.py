@@ -29,6 +29,8 @@ def get_config(arg=None):
   sizes = dict(digits=(50, 100), text=(50, 100)) if smoke else SIZES
   r = ConfigDict()
   r.digits_simclr, r.text_mlm = demo.runs.digits_simclr, demo.runs.text_mlm
+  for run in (r.digits_simclr, r.text_mlm):
+    run.evals = ConfigDict()                    # the demo reports their evaluations; not plotted here
   rows, sweep, order = [], [], ['digits_simclr', 'text_mlm']
   for group, prefix, task in (('digits', 'digits', 'digits'), ('text', 'sentiment', 'sentiment text')):
     for n in sizes[group]:

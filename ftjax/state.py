@@ -39,25 +39,32 @@ class TrainState:
 
 def graphdefs(model_cfg):
   """(train-mode graphdef, eval-mode graphdef): the mode is static structure, not state."""
-  model = nnx.eval_shape(lambda: models.build(model_cfg, nnx.Rngs(0)))
+  return _modes(nnx.eval_shape(lambda: models.build(model_cfg, nnx.Rngs(0))))
+
+
+def _modes(model):
   model.train()
   g_train = nnx.split(model, nnx.Param, ...)[0]
   model.eval()
   g_eval = nnx.split(model, nnx.Param, ...)[0]
+  model.train()
   return g_train, g_eval
 
 
 def make_init(model_cfg, tx, seed: int):
   """The fresh state's function; `initialize` passes it its seed as a traced argument (one program for
-  every seed), a plain call uses `seed`."""
+  every seed), a plain call uses `seed`. Once it has run or been traced, `init.graphdefs` holds
+  graphdefs(model_cfg), from the model it built (building a model is a large share of a small run's set-up)."""
   def init(seed=seed):
     key = jax.random.PRNGKey(seed)
     model = models.build(model_cfg, nnx.Rngs(jax.random.fold_in(key, 0)))
+    if init.graphdefs is None:
+      init.graphdefs = _modes(model)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
                       opt_state=tx.init(params), rng=jax.random.fold_in(key, 1))
-  init.seed = seed
+  init.seed, init.graphdefs = seed, None
   return init
 
 
@@ -113,11 +120,10 @@ def layout(config, mesh, tx=None) -> Layout:
   """The state of config.model on `mesh`, with the optimizer `tx`'s state (none when tx is None: an
   evaluation), laid out by the family's logical axes and config.sharding_rules."""
   logical_axes = models.get_module(config.model.name).logical_axes
-  g_train, g_eval = graphdefs(config.model)
   init = make_init(config.model, tx or optax.identity(), config.seed)
   abstract = jax.eval_shape(init)
   shardings = parallel.state_shardings(abstract, mesh, config.sharding_rules, logical_axes)
-  return Layout(init, abstract, shardings, g_train, g_eval)
+  return Layout(init, abstract, shardings, *init.graphdefs)
 
 
 def start(config, lay: Layout, ckpt: checkpoint.Checkpointer | None = None, set_data_state=None,
