@@ -99,6 +99,9 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
       best_mode='max',
       async_save=True,
   ))
+  # A jax.profiler trace of steps start_step .. start_step + num_steps - 1 (counted from 1, as the log
+  # counts them; step 1 compiles) into <workdir>/tb, for XProf / TensorBoard's Profile tab. 0 steps = off.
+  c.profile = ml_collections.ConfigDict(dict(start_step=2, num_steps=0))
   return c
 
 
@@ -117,7 +120,27 @@ def complete(config) -> ml_collections.ConfigDict:
     for name in list(config.evals):
       config.evals[name] = evals.resolve(f'evals.{name}', config.evals[name])
   _check_keys(config, base_config(config.model.name), '')
+  if 'profile' in config:
+    profile_steps(config.profile)
   return config
+
+
+def profile_steps(profile, total_steps: int | None = None) -> range:
+  """The steps config.profile traces (empty when off), or one UserError naming the key. total_steps is
+  known only once the data are (num_epochs); without it only the values themselves are checked."""
+  for k in ('start_step', 'num_steps'):
+    v = profile[k]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      raise UserError(f'profile.{k}={v!r}: expected an integer >= 0')
+  first, n = profile.start_step, profile.num_steps
+  if not n:
+    return range(0)
+  if first < 1:
+    raise UserError(f'profile.start_step={first}: steps count from 1 (step 1 includes compilation)')
+  if total_steps is not None and first + n - 1 > total_steps:
+    raise UserError(f'profile.start_step={first}, profile.num_steps={n}: steps {first}-{first + n - 1} go past '
+                    f'total_steps={total_steps}')
+  return range(first, first + n)
 
 
 FREE = ('evals', 'model')     # their keys depend on the evaluator types and the family: checked above

@@ -107,6 +107,43 @@ class Preemption:
       signal.signal(s, h)
 
 
+class StepTrace:
+  """config.profile's jax.profiler trace of whole training steps: started once the previous step's work
+  is done, stopped once the last traced step's state is computed. Process 0 only: its host's devices run
+  the same steps as every other's, and processes sharing a host would write the same file names."""
+
+  def __init__(self, steps: range, logdir: str, done: int, log):
+    self.steps = range(max(steps.start, done + 1), steps.stop) if jax.process_index() == 0 else range(0)
+    self.logdir, self.log, self.first = logdir, log, None
+
+  def before(self, step: int, state):
+    """Step `step` (counted from 1) is about to start."""
+    if self.steps and step == self.steps.start:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.logdir)
+      self.first = step
+
+  def after(self, step: int, state):
+    if self.first is not None and step == self.steps[-1]:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.first = None
+      which = f'step {step}' if step == self.steps.start else f'steps {self.steps.start}-{step}'
+      self.log(f'profile: {which} traced to {self.logdir} ({self.view()})')
+
+  def close(self, step: int):
+    """A signal or an error stopped the run inside the window: the trace so far is still written."""
+    if self.first is not None:
+      self.first = None
+      jax.profiler.stop_trace()
+      self.log(f'profile: the run stopped at step {step}, inside the traced steps {self.steps.start}-'
+               f'{self.steps[-1]}; the trace so far is in {self.logdir} ({self.view()})')
+
+  def view(self):
+    return (f'view: xprof --logdir={self.logdir} --port=6006, or tensorboard --logdir {self.logdir} and its '
+            'Profile tab; pip install xprof')
+
+
 def _dropped_there(frame) -> bool:
   """Would Python drop an exception raised in this frame: is it inside a gc callback or a finaliser?"""
   codes = {getattr(cb, '__code__', None) for cb in gc.callbacks} | {weakref.finalize.__call__.__code__}
@@ -298,6 +335,7 @@ def train_and_evaluate(config, workdir: str) -> Result:
     total_steps = math.ceil(config.num_epochs * n_train / config.input.batch_size)
   if total_steps <= 0:
     raise UserError(f'total_steps={total_steps}: set total_steps or num_epochs > 0')
+  profiled = defaults.profile_steps(config.profile, total_steps) if 'profile' in config else range(0)
 
   # ---- Model, task, optimizer -----------------------------------------------------------------
   built = build_step(config, mesh, total_steps)
@@ -330,6 +368,7 @@ def train_and_evaluate(config, workdir: str) -> Result:
              + (f' | starting at step {step}' if step else ''))
 
   # ---- Loop ------------------------------------------------------------------------------------
+  trace = StepTrace(profiled, os.path.join(workdir, 'tb'), step, writer.log)   # metrics.Writer's TensorBoard dir
   preempt = Preemption()
   single = jax.process_count() == 1   # evaluations are collectives across processes: not abandoned alone
   last, unfinished = {}, False     # unfinished: a signal abandoned an evaluation
@@ -376,6 +415,7 @@ def train_and_evaluate(config, workdir: str) -> Result:
       writer.log(f'nothing to do: {workdir} already holds step {step} of {total_steps}')
       return result(last)
     while step < total_steps:
+      trace.before(step + 1, state)
       batch = next(feed)
       with parallel.sharding(mesh, config.sharding_rules):    # what parallel.constrain pins activations by
         state, step_metrics = train_step(state, batch)
@@ -391,6 +431,7 @@ def train_and_evaluate(config, workdir: str) -> Result:
         check_finite(last, step, 'train')        # a diverged state is neither logged nor saved
         writer.write(step, last)
         writer.progress(step, last)
+      trace.after(step, state)
 
       due_now = [n for n, ev in evaluators.items() if due(n, ev, step)]
       if due_now and not evaluate(step, due_now) or single and preempt.requested:
@@ -402,6 +443,7 @@ def train_and_evaluate(config, workdir: str) -> Result:
                    'command to resume')
         break
   finally:
+    trace.close(step)
     ckpt.wait()
     ckpt.close()
     writer.close()
