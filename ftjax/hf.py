@@ -98,9 +98,10 @@ def convert_to_hf(params: dict, model_state: dict | None = None, *, model_type='
 
 
 def from_pretrained(path: str, seed: int = 0, verbose: bool = True, reinit: str = '', **model_kwargs):
-  """A transformers directory -> (ftjax model in eval mode, report). `model_kwargs` go to the family's build
-  (e.g. head='classification', num_labels=3 for BERT; num_classes=10 for ResNet); parts absent from
-  the checkpoint are freshly initialised and listed in report['initialised']."""
+  """A transformers directory or Hugging Face Hub id (`org/name[@revision]`, ftjax/hub.py) -> (ftjax model
+  in eval mode, report). `model_kwargs` go to the family's build (e.g. head='classification', num_labels=3
+  for BERT; num_classes=10 for ResNet); parts absent from the checkpoint are freshly initialised and listed
+  in report['initialised']."""
   model_type = read_config(path)['model_type']
   state_dict = load_state_dict(path)          # a damaged weights file fails before the model is built
   cfg = dict(name=MODEL_TYPES[model_type], config=path, **model_kwargs)

