@@ -6,7 +6,7 @@ compute with one line on stderr, `ftjax: error: ...`, and exit status 2.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from ftjax import cli as cli_flags
 from ftjax.errors import UserError
@@ -21,17 +21,10 @@ def main(argv):
 
 
 def run_job(config, workdir):
-  """A run or an experiment; a UserError ends it with one line and exit status 2."""
-  logging.set_verbosity(logging.ERROR)   # library chatter; ftjax prints its own progress
-  cli_flags.enable_compilation_cache()
-  from ftjax import experiment, parallel, train
+  """A run or an experiment (ftjax.run); a UserError ends it with one line and exit status 2."""
+  from ftjax import api
   try:
-    if 'distributed' in config:
-      parallel.init_distributed(config.distributed)
-    if 'runs' in config:
-      experiment.run(config, workdir)
-    else:
-      train.train_and_evaluate(config, workdir)
+    api.run(config, workdir)
   except UserError as e:
     cli_flags.fail(str(e))
   except Exception as e:                   # a lost peer surfaces as a failed collective
