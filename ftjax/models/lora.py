@@ -4,7 +4,8 @@
 layer's own `kernel` and `bias` (same names, so pretrained weights still load by name) and adds
 `lora_a` [in, r] and `lora_b` [r, out], with y = x W + b + (alpha / r) x A B. B starts at zero: the
 adapted model equals the pretrained one at step 0. Train the adapters alone with
-optim.trainable='lora_' (plus the head, e.g. 'lora_|classifier').
+optim.trainable='lora_' (plus the head, e.g. 'lora_|classifier'). hf.save_adapters / hf.load_adapters carry
+the adapters alone in peft's format, for peft.PeftModel on transformers' model of the same base weights.
 """
 import re
 
