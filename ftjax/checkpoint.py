@@ -200,14 +200,25 @@ def find_step_dir(source: str) -> str | None:
   return None
 
 
-def read_params(source: str):
+def read_params(source: str, ema=None):
   """(params, model_state, step folder) as saved by ftjax in `source` (see find_step_dir). Restored
-  on the host, without needing the model that wrote them."""
+  on the host, without needing the model that wrote them. `ema` (optim.ema_params, for init.weights=ema):
+  (params, saved optimizer state) -> the parameters' EMA in their place, or None if it keeps none."""
   step_dir = find_step_dir(source)
   if step_dir is None:
     raise UserError(f'init.source={source!r}: no ftjax checkpoint there (expected <workdir>/checkpoints/<step>)')
   restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'state'))
-  return restored['params'], restored.get('model_state', {}), step_dir
+  params = restored['params']
+  if ema is not None:
+    params = ema(params, restored.get('opt_state', {}))
+    if params is None:
+      raise UserError(no_ema('init.weights=ema', step_dir))
+  return params, restored.get('model_state', {}), step_dir
+
+
+def no_ema(what: str, step_dir: str) -> str:
+  return (f'{what}: {step_dir} holds no EMA of the parameters (a run keeps one with optim.ema_decay > 0); '
+          'use its raw parameters instead (init.weights=params, optim.ema_eval=False)')
 
 
 def abstract(tree, shardings):

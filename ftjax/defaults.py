@@ -7,7 +7,7 @@ default, an unknown key fails before any compute, and the resolved config.json h
 """
 import ml_collections
 
-from ftjax import evals, models
+from ftjax import evals, models, optim
 from ftjax.errors import UserError
 from ftjax.parallel import DEFAULT_RULES
 
@@ -77,6 +77,11 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
       trainable='',           # only these ('head' = linear probe, 'lora_' = adapters); '' = all
       freeze='',              # none of these
       layer_decay=1.0,        # layer-wise lr decay: layer l of L gets lr * layer_decay ** (L - l)
+      # An exponential moving average of the parameters, kept in the optimizer state (checkpointed, sharded
+      # like the parameters): ema = decay * ema + (1 - decay) * params after each update, from the initial
+      # parameters, no debiasing. 0 = off. ema_eval: evaluators (and ftjax.evaluate) score the EMA weights.
+      ema_decay=0.0,
+      ema_eval=False,
   ))
   c.schedule = ml_collections.ConfigDict(dict(
       name='cosine',          # cosine | linear | constant (after warmup)
@@ -85,9 +90,11 @@ def base_config(model: str = '') -> ml_collections.ConfigDict:
   ))
 
   # Pretrained initialisation, used when the workdir has no checkpoint yet. source: a transformers
-  # directory ('package:<name>' for one shipped in a pip package) or an ftjax workdir / checkpoint.
+  # directory ('package:<name>' for one shipped in a pip package, or a Hugging Face Hub id such as
+  # 'bert-base-uncased', read from the Hub's cache) or an ftjax workdir / checkpoint.
   # Parameters are matched by name and shape; `reinit` (a regex over names) keeps matches fresh.
-  c.init = ml_collections.ConfigDict(dict(source='', reinit=''))
+  # weights: from an ftjax checkpoint, its raw parameters ('params') or their EMA ('ema', optim.ema_decay).
+  c.init = ml_collections.ConfigDict(dict(source='', reinit='', weights='params'))
 
   # name -> dict(type=..., split=..., every=..., batch_size=...). Metrics are logged as '<name>/<metric>'.
   c.evals = ml_collections.ConfigDict()
@@ -120,6 +127,10 @@ def complete(config) -> ml_collections.ConfigDict:
     for name in list(config.evals):
       config.evals[name] = evals.resolve(f'evals.{name}', config.evals[name])
   _check_keys(config, base_config(config.model.name), '')
+  optim.check_ema(config.get('optim', {}))
+  weights = config.get('init', {}).get('weights', 'params')
+  if weights not in ('params', 'ema'):
+    raise UserError(f'init.weights={weights!r}; choose params or ema (the EMA an ftjax run kept, optim.ema_decay)')
   if 'profile' in config:
     profile_steps(config.profile)
   return config

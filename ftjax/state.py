@@ -23,7 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from ftjax import checkpoint, hf, hub, models, parallel, trees
+from ftjax import checkpoint, hf, hub, models, optim, parallel, trees
 from ftjax.errors import UserError
 from ftjax.models import initialize   # the compile-once runner the state's set-up uses
 
@@ -74,15 +74,19 @@ def load_pretrained(lay: 'Layout', cfg_init, model_cfg) -> TrainState:
   source does not give: the loaded leaves leave its program, so XLA drops their random numbers (a
   MiniLM's random init, which its weights then overwrite, took ~10 s to compile on 2 CPU cores). The
   values kept are those of the whole init, since each draws its key by name and count (nnx.Rngs)."""
-  src = cfg_init.source
+  src, weights = cfg_init.source, cfg_init.get('weights', 'params')
   params, model_state = lay.abstract.params, lay.abstract.model_state     # shapes only: nothing computed yet
   if hub.is_hf_dir(src):
+    if weights == 'ema':
+      raise UserError(f'init.weights=ema: init.source={src!r} is a transformers directory, which keeps no EMA; '
+                      'use init.weights=params')
     model_type = hub.read_config(src, expect=model_cfg.name)['model_type']
     new, new_state, report = hf.convert_from_hf(hub.load_state_dict(src), params, model_state, source=src,
                                                 model_type=model_type, reinit=cfg_init.reinit)
     where = src
   else:
-    src_params, src_state, where = checkpoint.read_params(src)
+    src_params, src_state, where = checkpoint.read_params(src, optim.ema_params if weights == 'ema' else None)
+    where += ' (EMA weights)' if weights == 'ema' else ''
     new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit, where)
     new_state, _ = checkpoint.merge_by_name(model_state, src_state, cfg_init.reinit, where)
   print(hf.describe(report, where), flush=True)
@@ -97,8 +101,10 @@ def load_pretrained(lay: 'Layout', cfg_init, model_cfg) -> TrainState:
 
   state = initialize(init, lay.shardings)
   fill = lambda n, f: jax.tree.map(lambda a, b: b if fresh(a) else a, n, jax.device_get(f))
-  return state.replace(params=jax.device_put(fill(new, state.params), lay.shardings.params),
-                       model_state=jax.device_put(fill(new_state, state.model_state), lay.shardings.model_state))
+  params = fill(new, state.params)
+  return state.replace(params=jax.device_put(params, lay.shardings.params),
+                       model_state=jax.device_put(fill(new_state, state.model_state), lay.shardings.model_state),
+                       opt_state=optim.ema_restart(state.opt_state, params))   # the EMA starts at the loaded weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,23 +137,27 @@ def start(config, lay: Layout, ckpt: checkpoint.Checkpointer | None = None, set_
   """The state a run or an evaluation starts from, straight into lay.shardings, and where it came from:
   - `ckpt` (training): the newest of its checkpoints that restores, optimizer state included; the data
     state goes to `set_data_state`; damaged checkpoints are skipped (checkpoint.Checkpointer.restore);
-  - `step_dir` (evaluation): that checkpoint's model, without its optimizer state (`restore_model`);
+  - `step_dir` (evaluation): that checkpoint's model, without its optimizer state (`restore_model`); with
+    optim.ema_eval its EMA weights, the ones the run's evaluators scored;
   - else config.init.source over a fresh init (`load_pretrained`), else the fresh init."""
   if ckpt is not None:
     state, step = ckpt.restore(lay.targets(), set_data_state)
     return state, os.path.join(ckpt.workdir, 'checkpoints', str(step))
   if step_dir is not None:
-    return restore_model(step_dir, lay), step_dir
+    ema = config.get('optim', {}).get('ema_eval', False)     # .get: the config.json of a run from before EMA
+    return restore_model(step_dir, lay, 'ema' if ema else 'params'), step_dir + (' (EMA weights)' if ema else '')
   if config.init.source:
     return load_pretrained(lay, config.init, config.model), config.init.source
   return initialize(lay.init, lay.shardings), 'random initialisation'
 
 
-def restore_model(step_dir: str, lay: Layout) -> TrainState:
+def restore_model(step_dir: str, lay: Layout, weights: str = 'params') -> TrainState:
   """The step, parameters, model state and RNG saved in the checkpoint folder `step_dir`, read straight
   into lay.shardings. An Orbax partial restore: the optimizer state stays on disk (`lay` has none when
   built without an optimizer; else it starts fresh). As with init.source, a name the model has and the
-  checkpoint lacks keeps its fresh value; one saved with another shape is an error."""
+  checkpoint lacks keeps its fresh value; one saved with another shape is an error. weights='ema': the
+  parameters' EMA in their place, read (sharded too) from the saved optimizer state, the rest of which
+  is skipped."""
   path = os.path.join(step_dir, 'state')
   target = lay.targets()
   item = {'step': target.step, 'params': target.params, 'model_state': target.model_state, 'rng': target.rng}
@@ -157,8 +167,16 @@ def restore_model(step_dir: str, lay: Layout) -> TrainState:
     if key in saved and tuple(saved[key].shape) != tuple(want.shape):
       raise UserError(f'{step_dir}: {key} has shape {tuple(saved[key].shape)} there but {tuple(want.shape)} in '
                       'the model; evaluate it with the model config it was trained with')
+  if weights == 'ema':
+    if not optim.ema_of(tree.get('opt_state')):
+      raise UserError(checkpoint.no_ema('optim.ema_eval=True', step_dir))
+    into = trees.flat(target.params)
+    pick = lambda p, _: into.get(optim.ema_name(trees.dotted(p)), ocp.PLACEHOLDER)   # PLACEHOLDER: not read
+    item['opt_state'] = jax.tree_util.tree_map_with_path(pick, tree['opt_state'])
   restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
       item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+  if weights == 'ema':
+    restored['params'] = optim.ema_params(restored['params'], restored.pop('opt_state'))
   state = TrainState(opt_state=lay.abstract.opt_state, **restored)
   lacking = lambda x: isinstance(x, jax.ShapeDtypeStruct)    # not in the checkpoint, or an optimizer's state
   if any(lacking(x) for x in jax.tree.leaves(state)):

@@ -378,6 +378,13 @@ def train_and_evaluate(config, workdir: str) -> Result:
     stopped_by = (preempt.requested or preempt.peer) if (step < total_steps or unfinished) else None
     return Result(metrics, step, total_steps, stopped_by)
 
+  def scored(state):
+    """What the evaluators score: with optim.ema_eval the EMA of the parameters (from the optimizer state,
+    sharded like the parameters), else the parameters themselves. Best checkpoints still save the whole state."""
+    if not config.optim.ema_eval:
+      return state
+    return state.replace(params=optim.ema_params(state.params, state.opt_state))
+
   def due(name, ev, s):
     return s == total_steps or (ev.cfg.every and s % ev.cfg.every == 0)
 
@@ -388,7 +395,7 @@ def train_and_evaluate(config, workdir: str) -> Result:
         ev = evaluators[name]
         t = time.perf_counter()
         with preempt.interruptible(single):
-          res = ev(state)
+          res = ev(scored(state))
         check_finite(res, s, name)
         writer.write(s, res)
         writer.log(f'  {name} @ {s}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items())
