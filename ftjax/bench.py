@@ -338,6 +338,12 @@ def main(argv=None):
   if unknown:
     raise SystemExit(f'bench: unknown model {unknown[0]!r}; choose from {", ".join(MODELS)}')
   gpt2_dims(args.gpt2_dims)     # a bad --gpt2_dims fails before any timing
+  if names and not args.no_torch:
+    from ftjax.errors import UserError, require
+    try:
+      require('torch', 'python -m ftjax.bench (its PyTorch peer; --no_torch times ftjax alone)', 'bench')
+    except UserError as e:
+      raise SystemExit(f'bench: {e}') from None
   if args.smoke:
     args.seq, args.image = min(args.seq, 32), min(args.image, 64)
   import jax

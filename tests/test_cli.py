@@ -93,3 +93,27 @@ def test_cli_stands_alone_and_evaluate_does_not_import_main():
                        'import ftjax.evaluate, ftjax.aot, ftjax.train, ftjax.state; print("ftjax.main" in sys.modules)')
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.splitlines() == ["['ftjax', 'ftjax.cli']", 'False'], r.stdout
+
+
+def test_without_torch_the_core_runs_and_what_needs_torch_says_which_extra(tmp_path):
+  """torch is an extra (demo, bench, test): the core imports without it; reading a pytorch_model.bin and
+  the benchmark's PyTorch peer each stop with one line naming the extra."""
+  (tmp_path / 'pytorch_model.bin').write_bytes(b'not read')
+  code = ("import sys; sys.modules['torch'] = None\n"          # as if torch were not installed
+          "import ftjax, ftjax.train, ftjax.hf, ftjax.api\n"
+          "from ftjax import hub\n"
+          "from ftjax.errors import UserError\n"
+          "try:\n"
+          f"  hub._read_torch_bin({str(tmp_path / 'pytorch_model.bin')!r})\n"
+          "except UserError as e:\n"
+          "  print(e)\n"
+          "from ftjax import bench\n"
+          "bench.main(['--models=bert_base_mlm', '--smoke'])\n")
+  r = run_python('-c', code)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert r.stdout.strip() == (f"{tmp_path}/pytorch_model.bin: reading a pytorch_model.bin (there is no "
+                              "model.safetensors) needs torch, which ftjax's core install leaves out: pip install "
+                              "'ftjax[bench]' (from a checkout: pip install -e '.[bench]')")
+  assert r.stderr.strip().splitlines()[-1] == (
+      "bench: python -m ftjax.bench (its PyTorch peer; --no_torch times ftjax alone) needs torch, which ftjax's "
+      "core install leaves out: pip install 'ftjax[bench]' (from a checkout: pip install -e '.[bench]')")
