@@ -134,7 +134,7 @@ def load(workdir, best: bool = True, mesh_shape=None, mesh_axes=None) -> Loaded:
   """A finished (or interrupted) run in `workdir`: the model with its best checkpoint's weights
   (best/<step>, kept when the run set checkpoint.best_metric), or with best=False its latest
   (checkpoints/<step>); laid out as in training on the run's mesh, or on mesh_shape / mesh_axes
-  (default axes: data, model, as many as mesh_shape has)."""
+  (default axes: data, model, as many as mesh_shape has). A run with optim.ema_eval gives its EMA weights."""
   import jax
   import ml_collections
   from flax import nnx
@@ -164,7 +164,8 @@ def load(workdir, best: bool = True, mesh_shape=None, mesh_axes=None) -> Loaded:
   else:
     mesh = parallel.make_mesh(config.mesh_shape, config.mesh_axes)
   lay = states.layout(config, mesh)
-  state = states.restore_model(step_dir, lay)
+  ema = config.get('optim', {}).get('ema_eval', False)     # what the run's evaluators scored
+  state = states.restore_model(step_dir, lay, 'ema' if ema else 'params')
   model = nnx.merge(lay.graphdef_eval, state.params, state.model_state)
   tok_path = os.path.join(workdir, 'tokenizer.json')      # the trainer saves the run's tokenizer there
   tok = load_tokenizer(tok_path) if os.path.exists(tok_path) else None

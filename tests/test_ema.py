@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from conftest import ROOT, digits_batch, run_cli, tiny_setup
 from ftjax import defaults, optim, parallel, train, trees
@@ -153,6 +154,12 @@ def test_evaluators_score_the_ema_and_init_source_loads_it(runs, tmp_path):
   assert got.metrics['eval/accuracy'] == on_ema['eval/accuracy']
   np.testing.assert_allclose(got.metrics['eval/loss'], on_ema['eval/loss'], rtol=1e-6)
   assert max(float(np.abs(ema[n] - raw[n]).max()) for n in raw) > 1e-3
+  # So does ftjax.load, for scripts (the run without optim.ema_eval: its raw parameters).
+  import ftjax
+  for workdir, want in ((full, ema), (cut, saved(os.path.join(cut, 'checkpoints', str(STEPS)))[0])):
+    loaded = nnx.state(ftjax.load(workdir, best=False).model, nnx.Param)
+    for n, v in trees.flat(jax.device_get(nnx.to_pure_dict(loaded))).items():
+      np.testing.assert_array_equal(v, want[n], err_msg=n)
 
   # A later run from this one with init.weights=ema starts from these weights (the default, the raw
   # parameters, is init.source's behaviour from before EMA, tested in test_configs.py), and so does its
