@@ -1,5 +1,6 @@
 """Stage 1, sources: TFDS (array_record, the embedded builders digits.py / pydoc.py / sentiment.py
-included), local .npz, image folders, .txt / .jsonl / .csv, generated data; split slices.
+included), local .npz, image folders, .txt / .jsonl / .csv, Hugging Face `datasets` ('hf:...', the
+[hf] extra), generated data; split slices.
 
 A source has `len()` and `[i] -> example dict` ({'image': uint8 HxWxC, 'label': int}, or text
 fields); grain does the rest. Every failure to find or read data is a UserError that names the
@@ -7,6 +8,7 @@ dataset and how to fix it.
 """
 import contextlib
 import fcntl
+import glob
 import os
 import re
 import zlib
@@ -14,7 +16,7 @@ import zlib
 import numpy as np
 
 from ftjax.data.calls import parse_call
-from ftjax.errors import UserError
+from ftjax.errors import UserError, brief, require
 
 EMBEDDED = ('ftjax_digits', 'ftjax_pydoc', 'ftjax_sentiment')   # TFDS builders of ours, built on first use
 TEXT_EXTS = ('.txt', '.jsonl', '.csv')
@@ -202,6 +204,98 @@ def synthetic_text(n=256, classes=2, pair=False, seed=0):
   return ListSource(rows)
 
 
+class HFSource:
+  """A Hugging Face `datasets.Dataset` read row by row (Arrow, memory-mapped: nothing materialised),
+  each row in the record format of the other sources."""
+
+  def __init__(self, ds):
+    self.ds = ds
+
+  def __len__(self):
+    return len(self.ds)
+
+  def __getitem__(self, i):
+    return {k: _hf_value(v) for k, v in self.ds[int(i)].items()}
+
+  def label_column(self):
+    """Integer labels (ClassLabel included) are checked against the model's classes before any compute."""
+    feature = self.ds.features.get('label')
+    dtype = getattr(feature, 'dtype', '')
+    if not (isinstance(dtype, str) and dtype.startswith(('int', 'uint'))):
+      return None
+    return np.asarray(self.ds.select_columns(['label']).with_format('numpy')[:]['label'])
+
+
+def _hf_value(v):
+  """datasets' Python values as the ops read them: str stays str, numbers become numpy scalars, decoded
+  images uint8 H x W x C (greyscale with C=1, as .npz and TFDS give it; the rest RGB, as image folders)."""
+  if isinstance(v, (str, bytes)) or v is None:
+    return v
+  if isinstance(v, dict):
+    return {k: _hf_value(x) for k, x in v.items()}
+  if hasattr(v, 'getbands'):                       # PIL.Image.Image, from a datasets.Image feature
+    if set(v.getbands()) <= {'1', 'L', 'I', 'F', 'A'}:
+      return np.asarray(v.convert('L'))[..., None]
+    return np.asarray(v.convert('RGB'))
+  if isinstance(v, list) and v and isinstance(v[0], (str, bytes, dict)):
+    return [_hf_value(x) for x in v]
+  a = np.asarray(v)
+  return a[()] if a.ndim == 0 else a               # a scalar as np.int64 / np.float64, a list as an array
+
+
+def _hf_is_path(spec):
+  """A path, never a name: '/x', './x', '~/x', a '*' glob, a .parquet file, or anything that exists."""
+  return (spec.startswith(('/', '.', '~')) or any(c in spec for c in '*?[') or spec.endswith('.parquet')
+          or os.path.exists(spec))
+
+
+def _hf_source(spec, split):
+  """spec (after 'hf:'): a save_to_disk directory, parquet files (a directory: splits named by file as
+  `datasets` names them; a glob or one file: split 'train', or '{split}' in the path), or NAME[:CONFIG] in
+  the local datasets cache (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE honoured by `datasets` itself).
+  Not memoised: reopening is milliseconds (memory-mapped, parquet converted once into the datasets
+  cache), and a dataset saved again in a notebook is read afresh."""
+  where = f'dataset hf:{spec}'
+  datasets = require('datasets', f'{where} (a Hugging Face dataset)', 'hf')
+  datasets.disable_progress_bars()                 # stderr is for the run's own lines (and one error line)
+  if _hf_is_path(spec):
+    path = os.path.expanduser(spec.replace('{split}', split))
+    files = sorted(glob.glob(path)) if any(c in path for c in '*?[') else [path] if os.path.isfile(path) else []
+    if not files and not os.path.isdir(path):
+      raise UserError(f'{where}: {path!r} does not exist; expected a save_to_disk directory, a directory or glob '
+                      'of .parquet files, or a dataset name in the local datasets cache')
+    try:
+      if os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in ('dataset_dict.json', 'state.json')):
+        ds = datasets.load_from_disk(path)
+      elif os.path.isdir(path):
+        if not glob.glob(os.path.join(path, '**', '*.parquet'), recursive=True):
+          raise UserError(f'{where}: directory {path!r} is neither a save_to_disk directory (no dataset_dict.json '
+                          'or state.json) nor holds .parquet files')
+        ds = datasets.load_dataset('parquet', data_dir=path)
+      else:
+        name = split if '{split}' in spec else 'train'
+        ds = datasets.load_dataset('parquet', data_files={name: files})
+    except UserError:
+      raise
+    except Exception as e:   # damaged Arrow / parquet files, a save_to_disk of another datasets version
+      raise UserError(f'{where}: cannot read {path!r} ({type(e).__name__}: {brief(e)})') from None
+  else:
+    name, _, config = spec.partition(':')
+    try:
+      ds = datasets.load_dataset(name, config or None)
+    except Exception as e:   # not in the cache (offline), no such config, ...
+      raise UserError(f'{where}: cannot load {name!r}{f" config {config!r}" if config else ""} '
+                      f'({type(e).__name__}: {brief(e)}); expected a dataset in the local datasets cache '
+                      '(or a path: hf:./dir)') from None
+  if isinstance(ds, datasets.DatasetDict):
+    if split not in ds:
+      raise UserError(f'{where}: no split {split!r}; it has {", ".join(map(repr, ds))}')
+    ds = ds[split]
+  elif split != str(ds.split or 'train'):
+    raise UserError(f'{where}: no split {split!r}; it holds one split, {str(ds.split or "train")!r}')
+  return HFSource(ds)
+
+
 @contextlib.contextmanager
 def lock(path):
   """Exclusive file lock: one process builds a shared artefact (dataset, vocabulary), the others wait."""
@@ -246,13 +340,15 @@ def _tfds_source(name, split, data_dir):
 
 def get_source(dataset: str, split: str, data_dir: str = ''):
   """dataset: TFDS name | path to .npz, .txt, .jsonl, .csv or an image folder (may contain '{split}') |
-  'synthetic(...)' | 'synthetic_text(...)'."""
+  'hf:<path or name[:config]>' (_hf_source) | 'synthetic(...)' | 'synthetic_text(...)'."""
   if not dataset:
     raise UserError('config.input.dataset is empty; name a TFDS dataset, an .npz file or an image folder')
   m = _SLICE.match(split.replace(' ', ''))
   if not m:
     raise UserError(f'bad split {split!r}: expected NAME or NAME[lo:hi] (ints or percents)')
-  if dataset.startswith('synthetic'):
+  if dataset.startswith('hf:'):
+    src = _hf_source(dataset[3:], m['name'])
+  elif dataset.startswith('synthetic'):
     name, args, kwargs = parse_call(dataset)
     gen = {'synthetic': synthetic, 'synthetic_text': synthetic_text}.get(name)
     if gen is None:
