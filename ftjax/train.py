@@ -11,13 +11,11 @@ run is bit-identical to an uninterrupted one on the same machine.
 """
 import contextlib
 import dataclasses
-import gc
 import math
 import os
 import signal
 import sys
 import time
-import weakref
 from typing import Any, Callable
 
 import jax
@@ -51,16 +49,18 @@ class NonFiniteError(UserError):
 
 class Preemption:
   """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits cleanly. During an
-  evaluation (one process), the signal abandons it at once (cloud preemption notices give ~30 s).
-  A second signal while that is under way exits at once with one line (the last complete
-  checkpoint stays valid)."""
+  evaluation (one process), the signal abandons it at its next batch (cloud preemption notices give
+  ~30 s). A second signal while that is under way exits at once with one line (the last complete
+  checkpoint stays valid).
+
+  The handler never raises: it runs wherever the interpreter is, and inside a gc callback (XLA has one),
+  a weakref callback or a finaliser Python prints such an exception and drops it. The evaluation polls
+  the flag instead, before each batch (evals.polling)."""
 
   def __init__(self):
     self.requested = None
     self.peer = None     # multi-process: the signal any process saw, once agreed
-    self._interruptible = False
     self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    self._old[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._again)
 
   def _handle(self, signum, frame):
     name = signal.Signals(signum).name
@@ -70,27 +70,20 @@ class Preemption:
             'to resume from the last complete checkpoint', file=sys.stderr, flush=True)
       os._exit(128 + signum)
     self.requested = name
-    self._again(signum, frame)
 
-  def _again(self, signum, frame):
-    # A handler runs wherever the interpreter is; inside a gc callback (XLA has one) or a finaliser Python
-    # prints the exception and drops it. There, and in case of another such place, try again shortly.
-    if self._interruptible:
-      signal.setitimer(signal.ITIMER_REAL, 0.1)
-      if not _dropped_there(frame):
-        raise EvaluationInterrupted(self.requested)
+  def _poll(self):
+    if self.requested:
+      raise EvaluationInterrupted(self.requested)
 
   @contextlib.contextmanager
   def interruptible(self, allowed: bool = True):
-    """A region (an evaluation) that a signal abandons at once instead of waiting for its end."""
-    if allowed and self.requested:
-      raise EvaluationInterrupted(self.requested)
-    self._interruptible = allowed
-    try:
+    """A region (an evaluation) that a signal abandons at its next batch instead of waiting for its end."""
+    if not allowed:
       yield
-    finally:
-      self._interruptible = False
-      signal.setitimer(signal.ITIMER_REAL, 0)
+      return
+    self._poll()
+    with evals.polling(self._poll):
+      yield
 
   def agreed(self, sync: bool):
     """Multi-process: the first signal seen by any process, once they have compared notes (a
@@ -142,16 +135,6 @@ class StepTrace:
   def view(self):
     return (f'view: xprof --logdir={self.logdir} --port=6006, or tensorboard --logdir {self.logdir} and its '
             'Profile tab; pip install xprof')
-
-
-def _dropped_there(frame) -> bool:
-  """Would Python drop an exception raised in this frame: is it inside a gc callback or a finaliser?"""
-  codes = {getattr(cb, '__code__', None) for cb in gc.callbacks} | {weakref.finalize.__call__.__code__}
-  while frame is not None:
-    if frame.f_code in codes or frame.f_code.co_name == '__del__':
-      return True
-    frame = frame.f_back
-  return False
 
 
 def check_finite(values: dict, step: int, what: str):

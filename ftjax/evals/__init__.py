@@ -4,6 +4,7 @@ An evaluator is built once (data, jitted functions) and called with the train st
 metrics already prefixed with its name, e.g. {'eval/accuracy': 0.97}. Context passed to every
 evaluator: config, predict_fn (the task's per-example outputs), embed_fn (frozen features), mesh.
 """
+import contextlib
 import copy
 
 import jax
@@ -58,11 +59,27 @@ def build(name, cfg, **context):
   return get_module(cfg.type).Evaluator(name, cfg, **context)
 
 
+_POLL = []     # the innermost polling() function, called before each batch of an evaluation
+
+
+@contextlib.contextmanager
+def polling(fn):
+  """fn() runs before each batch that collect() evaluates inside this block: the trainer's raises to
+  abandon an evaluation when a signal came (a signal handler itself cannot raise safely)."""
+  _POLL.append(fn)
+  try:
+    yield
+  finally:
+    _POLL.pop()
+
+
 def collect(fn, state, batches, sharding) -> dict:
   """fn(state, global batch) over a split's local batches -> {key: numpy array over the whole split,
   on every host}, with '_mask' (0 = padding row)."""
   chunks = []
   for local in batches:
+    if _POLL:
+      _POLL[-1]()
     mask = local.pop('_mask')
     out = fn(state, parallel.global_batch(local, sharding))
     out['_mask'] = parallel.global_batch({'m': mask}, sharding)['m']
