@@ -373,12 +373,13 @@ def train_and_evaluate(config, workdir: str) -> Result:
 
   def evaluate(s, names):
     """The evaluators `names` at step s; False if a signal abandoned them (redone on resume)."""
+    scored_state = scored(state)   # one object for every evaluator: those on frozen features share its features
     try:
       for name in names:
         ev = evaluators[name]
         t = time.perf_counter()
         with preempt.interruptible(single):
-          res = ev(scored(state))
+          res = ev(scored_state)
         check_finite(res, s, name)
         writer.write(s, res)
         writer.log(f'  {name} @ {s}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items())
