@@ -46,7 +46,8 @@ def evaluate(config, workdir: str, only: str = '') -> Evaluation:
   state, where = states.start(config, layout, step_dir=latest)
   print(f'evaluating {where}', flush=True)
   metrics = {}
-  for name, ev in train.build_evaluators(config, layout.graphdef_eval, task, mesh, layout.shardings).items():
+  steps = train.eval_steps(layout.graphdef_eval, task, mesh, layout.shardings)
+  for name, ev in train.build_evaluators(config, mesh, *steps).items():
     res = ev(state)
     print(f'  {name}: ' + ', '.join(f'{k} {v:.4f}' for k, v in res.items()), flush=True)
     metrics.update(res)

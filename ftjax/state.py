@@ -122,6 +122,19 @@ class Layout:
     return checkpoint.abstract(self.abstract, self.shardings)
 
 
+def reseed(lay: Layout, seed: int) -> Layout:
+  """`lay` for a run with another seed: the same init program (`initialize` compiles it once), which takes
+  the seed as its argument."""
+  if lay.init.seed == seed:
+    return lay
+  program = getattr(lay.init, 'program', lay.init)
+
+  def init(seed=seed):
+    return program(seed)
+  init.seed, init.graphdefs, init.program = seed, program.graphdefs, program
+  return dataclasses.replace(lay, init=init)
+
+
 def layout(config, mesh, tx=None) -> Layout:
   """The state of config.model on `mesh`, with the optimizer `tx`'s state (none when tx is None: an
   evaluation), laid out by the family's logical axes and config.sharding_rules."""

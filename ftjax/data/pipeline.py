@@ -16,6 +16,9 @@ check_split and eval_batches alike):
    Eval: every example exactly once, the last batch padded and masked (`_mask`), the same number of
    batches on every process.
 """
+import collections
+import hashlib
+import json
 import math
 
 import grain
@@ -177,9 +180,52 @@ def check_split(cfg, split, pp_spec, classes=None):
             classes)
 
 
+_EVAL_CACHE: 'collections.OrderedDict[str, list]' = collections.OrderedDict()
+EVAL_CACHE_BYTES = 256 << 20     # the most this process keeps; a larger split is read again at each evaluation
+
+
+def _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok):
+  """What an evaluation's batches are made from, or None when they may change within the process: only the
+  splits of TFDS and synthetic datasets are kept (files on disk can be rewritten), with the tokenizer's content."""
+  if not sources.is_fixed(cfg.dataset):
+    return None
+  return json.dumps([cfg.to_dict(), split, pp_spec, batch_size, process_index, process_count, classes,
+                     hashlib.sha256(tok.to_str().encode()).hexdigest() if tok is not None else ''],
+                    sort_keys=True, default=repr)
+
+
 def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1, classes=None):
-  """Yields local batches with a float `_mask` (0 = padding). Same batch count on every process."""
+  """Yields local batches with a float `_mask` (0 = padding). Same batch count on every process.
+  Evaluation preprocessing is deterministic, so a split's batches are made once per process and kept
+  (EVAL_CACHE_BYTES, least recently used first out): a run evaluating every N steps, and the next run on
+  the same split (an experiment's seeds and arms), read, decode and tokenise it once."""
   tok = tokenizers.tokenizer(cfg)
+  key = _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok)
+  if key in _EVAL_CACHE:
+    _EVAL_CACHE.move_to_end(key)
+    for batch in _EVAL_CACHE[key]:
+      yield dict(batch)          # a copy of the dict: callers pop `_mask`
+    return
+  kept, size = ([] if key else None), 0
+  for batch in _read_eval_batches(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok):
+    if kept is not None:
+      size += _nbytes([batch])
+      if size <= EVAL_CACHE_BYTES:
+        kept.append(batch)
+      else:
+        kept = None
+    yield dict(batch)
+  if kept is not None:          # read to its end (an evaluation a signal abandoned keeps nothing)
+    _EVAL_CACHE[key] = kept
+    while sum(map(_nbytes, _EVAL_CACHE.values())) > EVAL_CACHE_BYTES:
+      _EVAL_CACHE.popitem(last=False)
+
+
+def _nbytes(batches) -> int:
+  return sum(v.nbytes for b in batches for v in b.values())
+
+
+def _read_eval_batches(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok):
   src = _source(cfg, split, tok)
   bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
   ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0, f'dataset {cfg.dataset!r} split {split!r}', classes)

@@ -338,6 +338,12 @@ def _tfds_source(name, split, data_dir):
                     '(data sources need the array_record file format)') from None
 
 
+def is_fixed(dataset: str) -> bool:
+  """A TFDS or synthetic dataset: the same examples every time this process reads it (a file can be rewritten)."""
+  return bool(dataset) and not dataset.startswith('hf:') and (dataset.startswith('synthetic') or not (
+      dataset.endswith(('.npz',) + TEXT_EXTS) or '/' in dataset or os.path.sep in dataset))
+
+
 def get_source(dataset: str, split: str, data_dir: str = ''):
   """dataset: TFDS name | path to .npz, .txt, .jsonl, .csv or an image folder (may contain '{split}') |
   'hf:<path or name[:config]>' (_hf_source) | 'synthetic(...)' | 'synthetic_text(...)'."""

@@ -93,9 +93,13 @@ def initialize(init, shardings=None):
   An `init` with a `seed` attribute takes it as its argument, traced: every seed of an experiment runs the
   same compiled (and cached) program."""
   args = () if getattr(init, 'seed', None) is None else (np.int32(init.seed),)
-  compiled = jax.jit(init, out_shardings=shardings).lower(*args).compile(
-      compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
-  return compiled(*args)
+  program = getattr(init, 'program', init)      # state.reseed's inits share their program's compilation
+  done = getattr(program, '__dict__', {}).setdefault('compiled', {})
+  key = (len(args), jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)))
+  if key not in done:
+    done[key] = jax.jit(init, out_shardings=shardings).lower(*args).compile(
+        compiler_options={'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None)
+  return done[key](*args)
 
 
 def create(cfg, seed: int = 0) -> nnx.Module:
