@@ -5,6 +5,8 @@ transformers' modules and says how one maps to the other (`hf_name`: the name an
 transposed dense kernel, 'conv' for HWIO <-> OIHW); this file only renames, re-lays-out and reports.
 The base model's prefix (`bert.`, `transformer.`, `resnet.`) is optional on both sides, so a base checkpoint loads into
 a model with a head and the reverse. LoRA adapters travel alone in PEFT's format (save_adapters / load_adapters).
+A model with stacked layers (model.scan_layers: one [num_layers, ...] parameter per layer parameter, the
+family's `layer_index_at` says where the index goes) reads and writes transformers' per-layer tensors.
 """
 import json
 import math
@@ -42,6 +44,27 @@ def _unflat(flat: dict, like):
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), [flat[p] for p in _flat(like)])
 
 
+def _layer_index_at(fam):
+  return getattr(fam, 'layer_index_at', lambda path: None)
+
+
+def _unstack(fam, flat: dict) -> tuple[dict, dict]:
+  """(flat with each stacked parameter split into its layers' paths, {stacked path: its layers' paths})."""
+  at, out, groups = _layer_index_at(fam), {}, {}
+  for path, value in flat.items():
+    k = at(path)
+    if k is None:
+      out[path] = value
+      continue
+    groups[path] = [path[:k] + (str(i),) + path[k:] for i in range(value.shape[0])]
+    if isinstance(value, jax.ShapeDtypeStruct):
+      out.update((p, jax.ShapeDtypeStruct(value.shape[1:], value.dtype)) for p in groups[path])
+    else:
+      value = np.asarray(jax.device_get(value))
+      out.update((p, value[i]) for i, p in enumerate(groups[path]))
+  return out, groups
+
+
 def _strip(name: str, prefix: str) -> str:
   name = name.replace('LayerNorm.gamma', 'LayerNorm.weight').replace('LayerNorm.beta', 'LayerNorm.bias')
   return name[len(prefix):] if name.startswith(prefix) else name
@@ -59,7 +82,8 @@ def convert_from_hf(state_dict: dict, params: dict, model_state: dict | None = N
   loaded, initialised, out = [], [], []
   for tree in (params, model_state or {}):
     new = {}
-    for path, value in _flat(tree).items():
+    flat, groups = _unstack(fam, _flat(tree))
+    for path, value in flat.items():
       name, layout = fam.hf_name(path)
       key = _strip(name, prefix)
       if key not in sd or (reinit and (re.search(reinit, name) or re.search(reinit, '.'.join(path)))):
@@ -74,6 +98,13 @@ def convert_from_hf(state_dict: dict, params: dict, model_state: dict | None = N
                         f'instead, set init.reinit to a pattern matching it, e.g. {key.split(".")[0]!r})')
       new[path] = w.astype(value.dtype)
       loaded.append(key)
+    for path, layers in groups.items():      # stacked layers (model.scan_layers): back to one parameter
+      given = [not isinstance(new[p], jax.ShapeDtypeStruct) for p in layers]
+      if any(given) and not all(given):
+        raise UserError(f'{source}: the model stacks its layers (model.scan_layers=True), but of '
+                        f'{fam.hf_name(layers[0])[0]} and its other layers the checkpoint gives (or init.reinit '
+                        f'spares) {sum(given)} of {len(layers)}; load all or none, or set model.scan_layers=False')
+      new[path] = np.stack([new.pop(p) for p in layers]) if all(given) else _flat(tree)[path]
     out.append(_unflat(new, tree))
   if not loaded:
     raise UserError(f'{source}: none of its {len(sd)} tensors matches a {model_type} parameter (first: '
@@ -90,7 +121,7 @@ def convert_to_hf(params: dict, model_state: dict | None = None, *, model_type='
   fam = family(model_type)
   out = {}
   for tree in (params, model_state or {}):
-    for path, value in _flat(tree).items():
+    for path, value in _unstack(fam, _flat(tree))[0].items():
       name, layout = fam.hf_name(path)
       v = np.asarray(jax.device_get(value), np.float32)
       out[name] = np.ascontiguousarray(LAYOUTS[layout][1](v))
@@ -135,6 +166,23 @@ def fill_fresh(loaded, init):
 
   made = models.initialize(needed)
   return jax.tree.map(lambda a, b: b if fresh(a) else a, loaded, made, is_leaf=lambda x: x is None)
+
+
+def check_layer_layout(report: dict, source: str):
+  """A UserError when a by-name load (an ftjax checkpoint as init.source: checkpoint.merge_by_name) found the
+  model's layers under the other layout: stacked (model.scan_layers=True, `encoder.layer.query...`) on one
+  side, one per layer (`encoder.layer.0.query...`) on the other. Nothing of them would load, silently."""
+  def key(name):
+    return re.sub(r'\.\d+(?=\.)', '', name)
+  indexed = lambda name: key(name) != name
+  absent = {key(n): indexed(n) for n in report['initialised']}
+  hit = next((n for n in report['ignored'] if key(n) in absent and absent[key(n)] != indexed(n)), None)
+  if hit is not None:
+    model = 'one parameter per layer' if absent[key(hit)] else 'stacked layers (model.scan_layers=True)'
+    there = 'stacked layers' if absent[key(hit)] else 'one parameter per layer'
+    raise UserError(f'{source} holds {there} ({hit}) but the model has {model}: an ftjax checkpoint loads into '
+                    'the same model.scan_layers only. Convert it through transformers: hf.save_pretrained(<a model '
+                    'of its layout, loaded from it>, DIR), then init.source=DIR')
 
 
 def describe(report: dict, source: str, most: int = 12) -> str:
@@ -248,6 +296,9 @@ def load_adapters(model, path: str):
   on: load those first (hf.from_pretrained(base_dir, ...)). Layers that already have adapters of the same
   rank get the file's; modules_to_save replace the model's. Everything is checked before the model changes."""
   fam, model_type = _family_of(model, 'load_adapters')
+  if any(_layer_index_at(fam)(p) is not None for p in _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))):
+    raise UserError('load_adapters: the model stacks its layers (model.scan_layers=True), and LoRA adapters need '
+                    'one module per layer: load the base model with model.scan_layers=False')
   d = resolve(path)
   cfg_path, st = os.path.join(d, ADAPTER_CONFIG), os.path.join(d, ADAPTER_WEIGHTS)
   cfg = read_json(cfg_path, 'a peft adapter_config.json (peft_type LORA, r, lora_alpha, target_modules, ...)')

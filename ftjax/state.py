@@ -89,6 +89,7 @@ def load_pretrained(lay: 'Layout', cfg_init, model_cfg) -> TrainState:
     where += ' (EMA weights)' if weights == 'ema' else ''
     new, report = checkpoint.merge_by_name(params, src_params, cfg_init.reinit, where)
     new_state, _ = checkpoint.merge_by_name(model_state, src_state, cfg_init.reinit, where)
+    hf.check_layer_layout(report, where)     # stacked layers (model.scan_layers) on one side only: nothing would load
   print(hf.describe(report, where), flush=True)
   fresh = lambda x: isinstance(x, jax.ShapeDtypeStruct)      # the source did not give it
 

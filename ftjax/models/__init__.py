@@ -1,5 +1,6 @@
 """Model registry: `config.model.name` is a module under ftjax.models that defines `build(cfg, rngs)`."""
 import copy
+import re
 
 import jax
 import numpy as np
@@ -37,6 +38,33 @@ def remat(fn, name: str):
   """`fn` (a function of modules and arrays) rematerialised under the named policy; '' = as is."""
   policy = remat_policy(name)
   return fn if policy is None else nnx.remat(fn, policy=policy)
+
+
+def stack(make, n: int, rngs: nnx.Rngs):
+  """model.scan_layers: `n` layers `make(rngs)` as ONE module whose variables have a leading [n] axis,
+  each slice initialised from its own keys (the rng streams split n ways)."""
+  return nnx.split_rngs(splits=n)(nnx.vmap(make, in_axes=(0,), out_axes=0))(rngs)
+
+
+def stacked_index(stacked: 're.Pattern', path: tuple) -> int | None:
+  """Where a layer index goes in `path` when the family's `stacked` pattern (its layer container followed by
+  no index, e.g. `encoder.layer.`) matches the dotted name: the parts before the match's end; else None."""
+  name = '.'.join(map(str, path))
+  m = stacked.search(name)
+  return None if m is None else name[:m.end()].count('.')
+
+
+def scan(fn, layers, carry, xs=None, *, rngs=None, remat_name: str = ''):
+  """(carry, ys): `carry, y = fn(layer, carry, x, rngs)` for each slice of `stack`'s `layers` in turn, with
+  nnx.scan (one traced layer whatever the depth), `x` the slice of `xs` (None or arrays with a leading
+  [n] axis, e.g. a KV cache) and `ys` the y's stacked. Dropout: one key drawn from `rngs` (a new one
+  each call) split n ways, so each layer, and each call, has its own; None stays None. model.remat
+  applies per layer, inside the scanned body."""
+  n = jax.tree.leaves(nnx.state(layers))[0].shape[0]
+  keys = None if rngs is None else jax.random.split(rngs.dropout(), n)
+  one = remat(lambda layer, carry, x, key: fn(layer, carry, x, None if key is None else nnx.Rngs(dropout=key)),
+              remat_name)
+  return nnx.scan(one, in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))(layers, carry, xs, keys)
 
 
 def get_module(name: str):
@@ -80,6 +108,8 @@ def build(cfg, rngs: nnx.Rngs) -> nnx.Module:
   if not kwargs['name']:
     raise UserError('model.name is empty; name a module under ftjax/models (bert, gpt2, resnet)')
   lora = kwargs.pop('lora')
+  if lora['rank'] and kwargs.get('scan_layers'):
+    raise UserError('model.lora.rank > 0 needs model.scan_layers=False (adapters wrap per-layer modules)')
   model = get_module(kwargs.pop('name')).build(kwargs, rngs)
   if lora['rank']:
     from ftjax.models import lora as lora_lib

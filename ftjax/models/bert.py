@@ -5,6 +5,8 @@ so HF checkpoints convert by renaming leaves alone (ftjax/hf.py). Attention is
 `jax.nn.dot_product_attention` with the padding mask (model.attention: cuDNN's fused kernel on GPU in
 half precision, else XLA's); with attention dropout active in training it is an explicit softmax
 (dot_product_attention has no dropout). model.remat rematerialises each layer (models.REMAT).
+model.scan_layers stacks the layers' parameters ([num_hidden_layers, ...] under `encoder.layer`, no index)
+and runs them with nnx.scan: one layer to trace and compile whatever the depth.
 """
 import dataclasses
 import numbers
@@ -69,7 +71,8 @@ def _dropouts(model):
   on BERT-base, which an eager call would pay each time)."""
   base = model.bert if hasattr(model, 'bert') else model
   yield base.embeddings.dropout
-  for layer in base.encoder.layer:
+  enc = base.encoder
+  for layer in [enc.layer] if enc.scan_layers else enc.layer:
     yield from (layer.attention.self.dropout, layer.attention.output.dropout, layer.output.dropout)
   if isinstance(getattr(model, 'dropout', None), nnx.Dropout):
     yield model.dropout
@@ -152,11 +155,11 @@ class BertOutput:
 class _Ctx:
   """What every sub-module needs: config, compute dtype, initialisers."""
 
-  def __init__(self, cfg: BertConfig, dtype, attention='auto', remat=''):
+  def __init__(self, cfg: BertConfig, dtype, attention='auto', remat='', scan_layers=False):
     if attention not in ('auto', 'xla', 'cudnn'):
       raise UserError(f"bert attention={attention!r}; choose auto, xla or cudnn")
     models.remat_policy(remat)      # validates the name
-    self.cfg, self.dtype, self.remat = cfg, dtype, remat
+    self.cfg, self.dtype, self.remat, self.scan_layers = cfg, dtype, remat, bool(scan_layers)
     self.init = nnx.initializers.normal(cfg.initializer_range)
     # cuDNN's fused (flash) attention: GPU, half precision, no attention dropout (it has none).
     cudnn_ok = jax.default_backend() == 'gpu' and dtype in (jnp.bfloat16, jnp.float16)
@@ -252,11 +255,23 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
+  """`layer`: a list of BertLayers, or with scan_layers one BertLayer whose parameters have a leading
+  [num_hidden_layers] axis, run by nnx.scan (models.stack / models.scan)."""
+
   def __init__(self, c: _Ctx, rngs):
-    self.layer = nnx.List([BertLayer(c, rngs) for _ in range(c.cfg.num_hidden_layers)])
+    n = c.cfg.num_hidden_layers
+    self.scan_layers = c.scan_layers and n > 0
+    if self.scan_layers:
+      self.layer = models.stack(lambda r: BertLayer(c, r), n, rngs)
+    else:
+      self.layer = nnx.List([BertLayer(c, rngs) for _ in range(n)])
     self.remat = c.remat
 
   def __call__(self, x, mask, rngs=None):
+    if self.scan_layers:
+      def one(layer, x, _, rngs):
+        return parallel.constrain(layer(x, mask, rngs), ('batch', None, None)), None
+      return models.scan(one, self.layer, x, rngs=rngs, remat_name=self.remat)[0]
     call = models.remat(lambda layer, x, mask, rngs: layer(x, mask, rngs), self.remat)
     for layer in self.layer:
       x = parallel.constrain(call(layer, x, mask, rngs), ('batch', None, None))
@@ -275,8 +290,8 @@ class BertModel(nnx.Module):
   """The encoder: (input_ids, attention_mask, token_type_ids) -> BertOutput."""
 
   def __init__(self, cfg: BertConfig, *, add_pooling_layer=True, dtype=jnp.float32, attention='auto', remat='',
-               rngs: nnx.Rngs):
-    c = _Ctx(cfg, dtype, attention, remat)
+               scan_layers=False, rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype, attention, remat, scan_layers)
     self.config = cfg
     self.embeddings = BertEmbeddings(c, rngs)
     self.encoder = BertEncoder(c, rngs)
@@ -430,6 +445,8 @@ def defaults() -> dict:
       num_labels=2,           # classification heads; 1 = regression
       pooling='cls',          # classification: cls (transformers' pooler) | mean (of the last hidden states)
       attention='auto',       # auto | xla | cudnn (fused, GPU in half precision)
+      scan_layers=False,      # stack the layers' parameters ([num_hidden_layers, ...] under encoder.layer) and run
+                              # them with nnx.scan: compile time flat in depth; no LoRA, no optim.layer_decay
       **arch)
 
 
@@ -459,7 +476,8 @@ def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
     raise UserError(f'model.head={head!r}; choose one of {", ".join(HEADS)}')
   if pooling != 'cls' and head != 'classification':
     raise UserError(f'model.pooling={pooling!r} applies to head=classification only')
-  kw = dict(dtype=models.dtype(cfg['dtype']), rngs=rngs, attention=cfg['attention'], remat=cfg['remat'])
+  kw = dict(dtype=models.dtype(cfg['dtype']), rngs=rngs, attention=cfg['attention'], remat=cfg['remat'],
+            scan_layers=bool(cfg['scan_layers']))
   if head in ('classification', 'token_classification'):
     kw['num_labels'] = cfg['num_labels']
   if head == 'classification':
@@ -487,10 +505,24 @@ def hf_name(path: tuple) -> tuple[str, str | None]:
   return '.'.join(mods + [leaf]), None
 
 
+# A parameter of stacked layers (model.scan_layers): `encoder.layer.` not followed by a layer index.
+_STACKED = re.compile(r'(^|\.)encoder\.layer\.(?!\d+\.)')
+
+
+def layer_index_at(path: tuple) -> int | None:
+  """Where a layer index goes in the path of a stacked parameter (model.scan_layers), whose leading axis
+  is the layer; None for any other. ftjax/hf.py splits such parameters into transformers' per-layer
+  tensors (`encoder.layer.<i>.`) and stacks them back."""
+  return models.stacked_index(_STACKED, path)
+
+
 def lr_layer(name: str) -> int | None:
   """Depth for layer-wise lr decay: embeddings 0, encoder layer i -> i + 1, pooler and heads on top."""
   if re.match(r'(bert\.)?embeddings\.', name):
     return 0
+  if _STACKED.search(name):
+    raise UserError(f'optim.layer_decay reads the layer from parameter names, and {name} holds every layer '
+                    '(model.scan_layers=True): set model.scan_layers=False or optim.layer_decay=1')
   m = re.match(r'(bert\.)?encoder\.layer\.(\d+)\.', name)
   return int(m.group(2)) + 1 if m else None
 
@@ -502,12 +534,19 @@ def lr_layer(name: str) -> int | None:
 _KERNEL_AXES = ((r'attention\.self\.(query|key|value)$', ('embed', 'heads')),
                 (r'attention\.output\.dense$', ('heads', 'embed')),
                 (r'intermediate\.dense$', ('embed', 'mlp')),
-                (r'layer\.\d+\.output\.dense$', ('mlp', 'embed')),
+                (r'layer\.(\d+\.)?output\.dense$', ('mlp', 'embed')),
                 (r'(pooler\.dense|predictions\.transform\.dense|seq_relationship|classifier|qa_outputs)$',
                  ('embed', None)))
 
 
 def logical_axes(name: str, ndim: int) -> tuple:
+  """A stacked parameter's (model.scan_layers) are its layer's, after None for the layer axis."""
+  if _STACKED.search(name):
+    return (None, *_layer_axes(name))
+  return _layer_axes(name)
+
+
+def _layer_axes(name: str) -> tuple:
   module, leaf = name.rsplit('.', 1)
   if leaf == 'embedding':
     return ('vocab', 'embed') if 'word_embeddings' in module else (None, 'embed')

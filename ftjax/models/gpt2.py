@@ -7,6 +7,8 @@ c_proj as any dense layer. The LM head is tied to `wte` (no parameter of its own
 `lm_head.weight`). Attention is `jax.nn.dot_product_attention` with one boolean mask for causality,
 padding and packed documents (`segment_ids`); an explicit softmax when attention dropout is active. A
 `KVCache` of fixed shape makes prefill and token-by-token decoding jit once each (ftjax/generate.py).
+model.scan_layers stacks the blocks' parameters ([n_layer, ...] under `h`, no index) and runs them with
+nnx.scan, the KV cache included (one [n_layer, ...] array for keys, one for values).
 """
 import dataclasses
 import numbers
@@ -118,8 +120,8 @@ class KVCache:
   mask[b, j] (a real token) and j is at or before the query's slot. Fixed shapes: nothing recompiles
   as it fills. Writing past max_length is not checked under jit (the write would be clamped):
   size it for the prompt plus every new token (init_cache refuses more than n_positions)."""
-  k: tuple                # per layer, [B, max_length, n_head, head_dim]
-  v: tuple
+  k: Any                  # per layer, [B, max_length, n_head, head_dim]; scan_layers: one [n_layer, B, ...] array
+  v: Any
   index: jax.Array        # int32 scalar: slots filled
   mask: jax.Array         # [B, max_length] bool: slots holding real tokens
 
@@ -132,18 +134,21 @@ def _dropouts(model):
   """Every Dropout of a GPT-2 model or head, by attribute (as bert's: cheap enough for eager calls)."""
   base = model.transformer if hasattr(model, 'transformer') else model
   yield base.drop
-  for b in base.h:
+  for b in [base.h] if base.scan_layers else base.h:
     yield from (b.attn.attn_dropout, b.attn.resid_dropout, b.mlp.dropout)
 
 
 class _Ctx:
   """What every sub-module needs: config, compute dtype, initialisers, the attention kernel."""
 
-  def __init__(self, cfg: GPT2Config, dtype, attention='auto', remat=''):
+  def __init__(self, cfg: GPT2Config, dtype, attention='auto', remat='', scan_layers=False):
     if attention not in ('auto', 'xla', 'cudnn'):
       raise UserError(f'gpt2 attention={attention!r}; choose auto, xla or cudnn')
     models.remat_policy(remat)      # validates the name
-    self.cfg, self.dtype, self.remat = cfg, dtype, remat
+    self.cfg, self.dtype, self.remat, self.scan_layers = cfg, dtype, remat, bool(scan_layers)
+    if self.scan_layers and cfg.scale_attn_by_inverse_layer_idx:
+      raise UserError('model.scan_layers=True runs one block for every layer: it needs '
+                      'scale_attn_by_inverse_layer_idx=False (an attention scale per layer)')
     self.init = nnx.initializers.normal(cfg.initializer_range)
     # GPT-2's scheme: the projections back into the residual stream scaled by 1/sqrt(2 * n_layer).
     self.proj_init = nnx.initializers.normal(cfg.initializer_range / max(2 * cfg.n_layer, 1) ** 0.5)
@@ -232,13 +237,18 @@ def segment_positions(segment_ids):
 class GPT2Model(nnx.Module):
   """The decoder: (input_ids, attention_mask, segment_ids, positions, cache) -> GPT2Output."""
 
-  def __init__(self, cfg: GPT2Config, *, dtype=jnp.float32, attention='auto', remat='', rngs: nnx.Rngs):
-    c = _Ctx(cfg, dtype, attention, remat)
+  def __init__(self, cfg: GPT2Config, *, dtype=jnp.float32, attention='auto', remat='', scan_layers=False,
+               rngs: nnx.Rngs):
+    c = _Ctx(cfg, dtype, attention, remat, scan_layers)
     self.config, self.dtype, self.remat = cfg, dtype, remat
+    self.scan_layers = c.scan_layers and cfg.n_layer > 0
     self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, dtype=dtype, embedding_init=c.init, rngs=rngs)
     self.wpe = nnx.Embed(cfg.n_positions, cfg.n_embd, dtype=dtype, embedding_init=c.init, rngs=rngs)
     self.drop = Dropout(cfg.embd_pdrop)
-    self.h = nnx.List([GPT2Block(c, i, rngs) for i in range(cfg.n_layer)])
+    if self.scan_layers:      # one block, parameters [n_layer, ...] (models.stack)
+      self.h = models.stack(lambda r: GPT2Block(c, 0, r), cfg.n_layer, rngs)
+    else:
+      self.h = nnx.List([GPT2Block(c, i, rngs) for i in range(cfg.n_layer)])
     self.ln_f = c.norm(rngs)
 
   def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
@@ -247,6 +257,10 @@ class GPT2Model(nnx.Module):
       raise UserError(f'gpt2 init_cache: max_length={max_length} exceeds n_positions={self.config.n_positions}')
     shape = (batch_size, max_length, self.config.n_head, self.config.n_embd // self.config.n_head)
     dtype = dtype or self.dtype
+    if self.scan_layers:
+      zeros = parallel.constrain(jnp.zeros((self.config.n_layer, *shape), dtype), (None, 'batch', None, 'heads', None))
+      return KVCache(k=zeros, v=jnp.zeros_like(zeros), index=jnp.zeros((), jnp.int32),
+                     mask=jnp.zeros((batch_size, max_length), bool))
     zeros = tuple(parallel.constrain(jnp.zeros(shape, dtype), ('batch', None, 'heads', None)) for _ in self.h)
     return KVCache(k=zeros, v=tuple(jnp.zeros_like(z) for z in zeros), index=jnp.zeros((), jnp.int32),
                    mask=jnp.zeros((batch_size, max_length), bool))
@@ -281,6 +295,14 @@ class GPT2Model(nnx.Module):
     mask = allowed[:, None]                                                     # [B, 1(heads), T, S]
     pos = jnp.broadcast_to(positions, (b, t))
     x = self.drop(self.wte(input_ids) + self.wpe(pos), rngs=rngs)
+    if self.scan_layers:
+      def one(block, x, kv, rngs):
+        x, kv = block(x, mask, kv, index, rngs)
+        return parallel.constrain(x, ('batch', None, None)), kv
+      x, kv = models.scan(one, self.h, x, None if cache is None else (cache.k, cache.v), rngs=rngs,
+                          remat_name=self.remat)
+      new = None if cache is None else KVCache(k=kv[0], v=kv[1], index=index + t, mask=key_mask)
+      return GPT2Output(last_hidden_state=self.ln_f(x), cache=new)
     call = models.remat(lambda block, x, mask, kv, index, rngs: block(x, mask, kv, index, rngs), self.remat)
     ks, vs = [], []
     for i, block in enumerate(self.h):
@@ -374,6 +396,8 @@ def defaults() -> dict:
       head='none',            # none | lm (tied to wte) | classification (last real token)
       num_labels=2,           # classification; 1 = regression
       attention='auto',       # auto | xla | cudnn (fused, GPU in half precision, no attention dropout)
+      scan_layers=False,      # stack the blocks' parameters ([n_layer, ...] under h) and run them with nnx.scan:
+                              # compile time flat in depth; no LoRA, no optim.layer_decay
       **arch)
 
 
@@ -402,7 +426,8 @@ def build(cfg: dict, rngs: nnx.Rngs) -> nnx.Module:
   head = cfg['head']
   if head not in HEADS:
     raise UserError(f'model.head={head!r}; choose one of {", ".join(HEADS)}')
-  kw = dict(dtype=models.dtype(cfg['dtype']), rngs=rngs, attention=cfg['attention'], remat=cfg['remat'])
+  kw = dict(dtype=models.dtype(cfg['dtype']), rngs=rngs, attention=cfg['attention'], remat=cfg['remat'],
+            scan_layers=bool(cfg['scan_layers']))
   if head == 'classification':
     kw['num_labels'] = cfg['num_labels']
   return HEADS[head](_gpt2_config(cfg), **kw)
@@ -423,30 +448,51 @@ def hf_name(path: tuple) -> tuple[str, str | None]:
   return '.'.join(mods + [leaf]), None
 
 
+# A parameter of stacked blocks (model.scan_layers): `h.` not followed by a block index.
+_STACKED = re.compile(r'^(transformer\.)?h\.(?!\d+\.)')
+
+
+def layer_index_at(path: tuple) -> int | None:
+  """Where a block index goes in the path of a stacked parameter (model.scan_layers), whose leading axis
+  is the block; None for any other. ftjax/hf.py splits such parameters into transformers' per-block
+  tensors (`h.<i>.`) and stacks them back."""
+  return models.stacked_index(_STACKED, path)
+
+
 def lr_layer(name: str) -> int | None:
   """Depth for layer-wise lr decay: wte / wpe 0, block i -> i + 1, ln_f and heads on top."""
   if re.match(r'(transformer\.)?(wte|wpe)\.', name):
     return 0
+  if _STACKED.search(name):
+    raise UserError(f'optim.layer_decay reads the layer from parameter names, and {name} holds every block '
+                    '(model.scan_layers=True): set model.scan_layers=False or optim.layer_decay=1')
   m = re.match(r'(transformer\.)?h\.(\d+)\.', name)
   return int(m.group(2)) + 1 if m else None
 
 
 # Logical axes of every parameter (as bert's: Megatron-style, c_attn and c_fc split by output, the
 # projections back by input). A parameter no pattern names is an error, not silently replicated.
-_KERNEL_AXES = ((r'(^|\.)h\.\d+\.attn\.c_attn$', ('embed', 'heads')),
-                (r'(^|\.)h\.\d+\.attn\.c_proj$', ('heads', 'embed')),
-                (r'(^|\.)h\.\d+\.mlp\.c_fc$', ('embed', 'mlp')),
-                (r'(^|\.)h\.\d+\.mlp\.c_proj$', ('mlp', 'embed')),
+_KERNEL_AXES = ((r'(^|\.)h\.(\d+\.)?attn\.c_attn$', ('embed', 'heads')),
+                (r'(^|\.)h\.(\d+\.)?attn\.c_proj$', ('heads', 'embed')),
+                (r'(^|\.)h\.(\d+\.)?mlp\.c_fc$', ('embed', 'mlp')),
+                (r'(^|\.)h\.(\d+\.)?mlp\.c_proj$', ('mlp', 'embed')),
                 (r'^score$', ('embed', None)))
 
 
 def logical_axes(name: str, ndim: int) -> tuple:
+  """A stacked parameter's (model.scan_layers) are its block's, after None for the layer axis."""
+  if _STACKED.search(name):
+    return (None, *_block_axes(name))
+  return _block_axes(name)
+
+
+def _block_axes(name: str) -> tuple:
   module, leaf = name.rsplit('.', 1) if '.' in name else ('', name)
   if re.fullmatch(r'(transformer\.)?wte', module) and leaf == 'embedding':
     return ('vocab', 'embed')
   if re.fullmatch(r'(transformer\.)?wpe', module) and leaf == 'embedding':
     return (None, 'embed')
-  if re.fullmatch(r'(transformer\.)?(h\.\d+\.ln_[12]|ln_f)', module) and leaf in ('scale', 'bias'):
+  if re.fullmatch(r'(transformer\.)?(h\.(\d+\.)?ln_[12]|ln_f)', module) and leaf in ('scale', 'bias'):
     return ('embed',)
   kernel = next((axes for pat, axes in _KERNEL_AXES if re.search(pat, module)), None)
   if kernel is None or leaf not in ('kernel', 'bias', 'lora_a', 'lora_b'):
