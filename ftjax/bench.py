@@ -2,6 +2,7 @@
 
   python -m ftjax.bench [--models=bert_base_mlm,resnet50,gpt2_small] [--steps=10] [--json=FILE] [--smoke]
   python -m ftjax.bench --models= --decode [--decode_batches=1,8] [--new_tokens=256] [--gpt2_dims=n_layer=6]
+  python -m ftjax.bench --models= --compile_depths=12,24       (compile seconds, unrolled vs model.scan_layers)
   launch/gpu_bench.sh     (the same on a GPU: bf16, larger batches, MFU against the vendor peak)
 
 Per model: ftjax's jitted train step (AdamW, donated state) and transformers' PyTorch model with
@@ -233,6 +234,42 @@ def bench_input(name, args):
   return n * args.batch / (time.perf_counter() - t)
 
 
+def bench_compile(args) -> list:
+  """--compile_depths: seconds to trace + lower and to compile BERT's train step (the bert_base_mlm row's
+  widths and shapes) at each depth, unrolled and with model.scan_layers (one layer traced and compiled
+  whatever the depth). No persistent compilation cache: python -m ftjax.bench never turns it on."""
+  import jax
+  from ftjax import parallel, train
+  mesh = parallel.make_mesh((1,), ('data',), jax.devices()[:1])
+  rows = []
+  for depth in [int(d) for d in args.compile_depths.split(',')]:
+    row = {'kind': 'compile', 'name': 'bert_base_mlm', 'layers': depth, 'batch': args.batch, 'shape': f'S={args.seq}'}
+    for scan in (False, True):
+      cfg = _cfg('bert_base_mlm', args.smoke, args.dtype, args.dropout, args.remat)
+      cfg.model.update(num_hidden_layers=depth, scan_layers=scan)
+      built = train.build_step(cfg, mesh, 1000)
+      batch = _batch('bert_base_mlm', cfg, args.batch, args.seq, args.image, np.random.default_rng(0))
+      shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+      t0 = time.perf_counter()
+      lowered = jax.jit(built.train_step, donate_argnums=0).lower(built.layout.abstract, shapes)
+      t1 = time.perf_counter()
+      lowered.compile()
+      key = 'scan' if scan else 'unrolled'
+      row[f'{key}_lower_s'], row[f'{key}_compile_s'] = t1 - t0, time.perf_counter() - t1
+    rows.append(row)
+    print(compile_table([row]).splitlines()[-1], flush=True)
+  return rows
+
+
+def compile_table(rows) -> str:
+  out = ['| model | layers | batch | shape | unrolled: trace + lower (s) | unrolled: compile (s) | scan_layers: trace + '
+         'lower (s) | scan_layers: compile (s) |', '|' + '---|' * 8]
+  for r in rows:
+    out.append(f'| {r["name"]} | {r["layers"]} | {r["batch"]} | {r["shape"]} | {r["unrolled_lower_s"]:.1f} | '
+               f'{r["unrolled_compile_s"]:.1f} | {r["scan_lower_s"]:.1f} | {r["scan_compile_s"]:.1f} |')
+  return '\n'.join(out)
+
+
 def bench_decode(args) -> list:
   """Greedy decoding with the GPT-2 of the gpt2_small row (eval mode), one row per --decode_batches:
   ftjax.generate with its KV cache against full recomputation of the prompt-plus-new-tokens buffer
@@ -330,6 +367,8 @@ def main(argv=None):
   p.add_argument('--new_tokens', type=int, default=256, help='--decode: tokens generated per prompt')
   p.add_argument('--prompt_len', type=int, default=16, help='--decode: random prompt tokens per row')
   p.add_argument('--decode_repeats', type=int, default=3, help='--decode: timed calls per path (median)')
+  p.add_argument('--compile_depths', default='', help="e.g. '12,24': BERT train-step compile seconds at these "
+                 'depths, unrolled and with model.scan_layers')
   p.add_argument('--smoke', action='store_true', help='tiny models and shapes (tests)')
   p.add_argument('--json', default='')
   args = p.parse_args(argv)
@@ -367,6 +406,10 @@ def main(argv=None):
     decoded = bench_decode(args)
     print(decode_table(decoded), flush=True)
     rows += decoded
+  if args.compile_depths:
+    compiled = bench_compile(args)
+    print(compile_table(compiled), flush=True)
+    rows += compiled
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=2)

@@ -14,7 +14,7 @@ def test_bench_smoke_reports_both_frameworks_and_their_ratio(tmp_path, capsys):
   out = tmp_path / 'bench.json'
   returned = bench.main(['--smoke', '--batch=2', '--image=32', '--steps=2', '--warmup=1', '--input', f'--json={out}',
                          '--gpt2_dims=n_layer=1', '--decode', '--decode_batches=2', '--new_tokens=3',
-                         '--decode_repeats=1'])
+                         '--decode_repeats=1', '--compile_depths=1,3'])
   stdout = capsys.readouterr().out
   rows = json.loads(out.read_text())
   assert rows == json.loads(json.dumps(returned))
@@ -40,3 +40,9 @@ def test_bench_smoke_reports_both_frameworks_and_their_ratio(tmp_path, capsys):
     assert d[f'{path}_tokens_per_s'] == pytest.approx(2 * 3 / d[f'{path}_s'])
     assert d[f'{path}_ms_per_token'] == pytest.approx(1e3 * d[f'{path}_s'] / 3)
   assert '| speed-up |' in stdout and '| gpt2_small (n_layer=1) decode |' in stdout
+
+  compiled = [x for x in rows if x['kind'] == 'compile']     # compile seconds by depth, unrolled and scanned
+  assert [(x['name'], x['layers']) for x in compiled] == [('bert_base_mlm', 1), ('bert_base_mlm', 3)]
+  for x in compiled:
+    assert all(x[f'{k}_{t}_s'] > 0 for k in ('unrolled', 'scan') for t in ('lower', 'compile'))
+  assert '| scan_layers: compile (s) |' in stdout and '| bert_base_mlm | 3 | 2 | S=32 |' in stdout
