@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 1 if smoke else 30
 
-  probe = dict(type='linear_probe', split='validation', batch_size=256)
+  probe = dict(type='linear_probe', split='validation', batch_size=256, steps=50 if smoke else 200)   # L-BFGS steps
   c.evals.probe = eval_config(**probe, every=0 if smoke else 100)
   c.evals.probe_test = eval_config(**{**probe, 'split': 'test'})
   c.evals.probe_250 = eval_config(**{**probe, 'split': 'test', 'train_split': 'train[:250]'})   # few labels
