@@ -13,7 +13,7 @@ def test_demo_smoke_writes_the_report_and_skips_finished_runs_on_rerun(tmp_path)
   rows = json.loads((w / 'report.json').read_text())
   cells = [x for x in rows if 'aggregate' not in x]
   assert sorted((x['task'], x['init'], x['seed']) for x in cells) == sorted(
-      (t, v, k) for t in ('digits', 'sentiment text') for v in ('scratch', 'pretrained') for k in (0, 1))
+      (t, v, k) for t in ('digits', 'sentiment text', 'sentiment text, GPT') for v in ('scratch', 'pretrained') for k in (0, 1))
   for x in cells:
     assert set(x) == {'task', 'init', 'metric', 'seed', 'value'} and 0.0 <= x['value'] <= 1.0
   # The seeds are different runs: their own seed in the config, their own numbers.
@@ -30,10 +30,14 @@ def test_demo_smoke_writes_the_report_and_skips_finished_runs_on_rerun(tmp_path)
   # The fine-tuned runs really started from their pretraining runs' weights.
   assert 'loaded' in r.stdout and f'{w}/digits_simclr' in r.stdout and f'{w}/text_mlm' in r.stdout
   assert r.stdout.count(f'{w}/digits_simclr') >= 3        # the shared pretraining run: once, read by both seeds
+  # GPT: every decoder tensor of the causal-LM run (wte, wpe, 2 blocks x 12, ln_f: 28); only the classifier is new.
+  assert r.stdout.count(f'loaded 28 tensors from {w}/gpt_lm/checkpoints/6') == 2
+  assert 'freshly initialised (absent, or init.reinit): score.kernel\n' in r.stdout
+  assert 'GPT causal LM: validation perplexity' in md and 'GPT causal LM: unigram perplexity' in md
   # Rerun: every training run is already finished, the report is written again.
   again = run_cli('--config=configs/demo.py:smoke', f'--workdir={w}', one_device=False)   # in-process: nothing compiles
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count('nothing to do') == 10     # 2 pretraining runs, 4 fine-tuning arms x 2 seeds
+  assert again.stdout.count('nothing to do') == 15     # 3 pretraining runs, 6 fine-tuning arms x 2 seeds
   assert json.loads((w / 'report.json').read_text()) == rows
 
 
