@@ -17,16 +17,9 @@ from ml_collections.config_dict import placeholder
 
 from ftjax import hub, models, parallel
 from ftjax.errors import UserError
-from ftjax.models import winograd
 
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 he_out = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-CONV_IMPLS = ('xla', 'winograd')     # how stride-1 3x3 convs run (model.conv_impl)
-
-
-def _check_conv_impl(impl):
-  if impl not in CONV_IMPLS:
-    raise UserError(f'resnet conv_impl={impl!r}; choose xla (lax.conv) or winograd (F(2x2, 3x3) for stride-1 3x3 convs)')
 
 
 def _pad(k):
@@ -34,14 +27,11 @@ def _pad(k):
 
 
 class Conv(nnx.Module):
-  """Bias-free conv with PyTorch padding; `standardize` gives BiT's weight-standardised conv.
-  impl='winograd' runs stride-1 3x3 convs as Winograd F(2x2, 3x3) (ftjax/models/winograd.py); others ignore it."""
+  """Bias-free conv with PyTorch padding; `standardize` gives BiT's weight-standardised conv."""
 
-  def __init__(self, cin, cout, k, stride=1, *, standardize=False, impl='xla', dtype=jnp.float32, rngs):
-    _check_conv_impl(impl)
+  def __init__(self, cin, cout, k, stride=1, *, standardize=False, dtype=jnp.float32, rngs):
     self.kernel = nnx.Param(he_out(rngs.params(), (k, k, cin, cout), jnp.float32))
     self.stride, self.k, self.standardize, self.dtype = stride, k, standardize, dtype
-    self.use_winograd = impl == 'winograd' and k == 3 and stride == 1
 
   def __call__(self, x):
     w = self.kernel[...]
@@ -51,8 +41,6 @@ class Conv(nnx.Module):
     if self.k == 1:   # a matmul: XLA:CPU wrapped 1x1 convs' gradients in layout transposes (-30% step time)
       x = x[:, ::self.stride, ::self.stride] if self.stride > 1 else x
       return jnp.einsum('bhwc,co->bhwo', x.astype(self.dtype), w[0, 0].astype(self.dtype))
-    if self.use_winograd:
-      return winograd.conv3x3(x.astype(self.dtype), w.astype(self.dtype))
     return jax.lax.conv_general_dilated(
         x.astype(self.dtype), w.astype(self.dtype), (self.stride, self.stride), _pad(self.k),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -73,11 +61,11 @@ def _gn(c, dtype, rngs):
 class BasicBlock(nnx.Module):
   expansion = 1
 
-  def __init__(self, cin, width, stride, *, dtype, zero_init, conv_impl='xla', rngs):
+  def __init__(self, cin, width, stride, *, dtype, zero_init, rngs):
     cout = width
-    self.conv1 = Conv(cin, width, 3, stride, impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.conv1 = Conv(cin, width, 3, stride, dtype=dtype, rngs=rngs)
     self.bn1 = _bn(width, dtype, rngs)
-    self.conv2 = Conv(width, cout, 3, impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv(width, cout, 3, dtype=dtype, rngs=rngs)
     self.bn2 = _bn(cout, dtype, rngs, zero=zero_init)
     self.proj = Conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs) if stride != 1 or cin != cout else None
     self.proj_bn = _bn(cout, dtype, rngs) if self.proj is not None else None
@@ -91,11 +79,11 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, cin, width, stride, *, dtype, zero_init, conv_impl='xla', rngs):
+  def __init__(self, cin, width, stride, *, dtype, zero_init, rngs):
     cout = width * 4
     self.conv1 = Conv(cin, width, 1, dtype=dtype, rngs=rngs)
     self.bn1 = _bn(width, dtype, rngs)
-    self.conv2 = Conv(width, width, 3, stride, impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv(width, width, 3, stride, dtype=dtype, rngs=rngs)
     self.bn2 = _bn(width, dtype, rngs)
     self.conv3 = Conv(width, cout, 1, dtype=dtype, rngs=rngs)
     self.bn3 = _bn(cout, dtype, rngs, zero=zero_init)
@@ -113,12 +101,12 @@ class PreActBottleneck(nnx.Module):
   """ResNetV2 / BiT unit: GroupNorm -> ReLU -> weight-standardised conv, stride on the 3x3."""
   expansion = 4
 
-  def __init__(self, cin, width, stride, *, dtype, zero_init, conv_impl='xla', rngs):
+  def __init__(self, cin, width, stride, *, dtype, zero_init, rngs):
     cout = width * 4
     self.gn1 = _gn(cin, dtype, rngs)
     self.conv1 = Conv(cin, width, 1, standardize=True, dtype=dtype, rngs=rngs)
     self.gn2 = _gn(width, dtype, rngs)
-    self.conv2 = Conv(width, width, 3, stride, standardize=True, impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.conv2 = Conv(width, width, 3, stride, standardize=True, dtype=dtype, rngs=rngs)
     self.gn3 = _gn(width, dtype, rngs)
     self.conv3 = Conv(width, cout, 1, standardize=True, dtype=dtype, rngs=rngs)
     self.proj = (Conv(cin, cout, 1, stride, standardize=True, dtype=dtype, rngs=rngs)
@@ -157,20 +145,18 @@ class ResNetOutput:
 class ResNet(nnx.Module):
   """Stem -> 4 stages -> global average pool (`embed`) -> `head` (a named Linear, swappable).
   `projection` (hidden..., out) adds a `projector` MLP for contrastive pretraining (`project`).
-  `remat` rematerialises each block in the backward pass (models.REMAT). `conv_impl` (CONV_IMPLS) picks how
-  stride-1 3x3 convs run: 'winograd' is F(2x2, 3x3) as a batched matmul, same result to float rounding."""
+  `remat` rematerialises each block in the backward pass (models.REMAT)."""
 
   def __init__(self, depth: int = 50, *, num_classes: int = 1000, width: float = 1.0, version: str = 'v1.5',
                stem: str = 'imagenet', in_channels: int = 3, zero_init_residual: bool = True,
                stages: Sequence[int] | None = None, projection: Sequence[int] = (), remat: str = '',
-               conv_impl: str = 'xla', dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, rngs: nnx.Rngs):
     if version not in ('v1.5', 'v2'):
       raise UserError(f'resnet version={version!r}; choose v1.5 (BatchNorm) or v2 (BiT: GroupNorm + WS)')
     if stem not in ('imagenet', 'small'):
       raise UserError(f'resnet stem={stem!r}; choose imagenet (7x7/2 + max-pool) or small (3x3/1, for <= 64 px)')
     if stages is None and depth not in STAGES:
       raise UserError(f'resnet depth={depth}; choose one of {sorted(STAGES)} or give `stages`')
-    _check_conv_impl(conv_impl)
     stages = tuple(stages or STAGES[depth])
     v2 = version == 'v2'
     block = PreActBottleneck if v2 else (BasicBlock if depth < 50 and not v2 else Bottleneck)
@@ -178,7 +164,7 @@ class ResNet(nnx.Module):
     models.remat_policy(remat)      # validates the name
     self.v2, self.small_stem, self.dtype, self.remat = v2, stem == 'small', dtype, remat
     k, s = (3, 1) if self.small_stem else (7, 2)
-    self.stem_conv = Conv(in_channels, c0, k, s, standardize=v2, impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.stem_conv = Conv(in_channels, c0, k, s, standardize=v2, dtype=dtype, rngs=rngs)
     self.stem_norm = None if v2 else _bn(c0, dtype, rngs)
     cin, blocks = c0, []
     for i, n in enumerate(stages):
@@ -186,7 +172,7 @@ class ResNet(nnx.Module):
       stage = []
       for j in range(n):
         stage.append(block(cin, w, 2 if (j == 0 and i > 0) else 1, dtype=dtype,
-                           zero_init=zero_init_residual, conv_impl=conv_impl, rngs=rngs))
+                           zero_init=zero_init_residual, rngs=rngs))
         cin = w * block.expansion
       blocks.append(nnx.List(stage))
     self.stages = nnx.List(blocks)
@@ -236,7 +222,6 @@ def defaults() -> dict:
       num_classes=placeholder(int),       # 1000; 0 = no head (features only)
       zero_init_residual=placeholder(bool),   # True: each block starts as the identity
       projection=placeholder(tuple),      # () ; (hidden..., out): a projector MLP for contrastive pretraining
-      conv_impl=placeholder(str),         # 'xla' (lax.conv) | 'winograd' (F(2x2, 3x3) for stride-1 3x3 convs)
   )
 
 
