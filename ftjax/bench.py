@@ -3,6 +3,7 @@
   python -m ftjax.bench [--models=bert_base_mlm,resnet50,gpt2_small] [--steps=10] [--json=FILE] [--smoke]
   python -m ftjax.bench --models= --decode [--decode_batches=1,8] [--new_tokens=256] [--gpt2_dims=n_layer=6]
   python -m ftjax.bench --models= --compile_depths=12,24       (compile seconds, unrolled vs model.scan_layers)
+  python -m ftjax.bench --models= --e2e=minilm_finetune,minilm_eval,resnet18_small   (whole loops, input included)
   launch/gpu_bench.sh     (the same on a GPU: bf16, larger batches, MFU against the vendor peak)
 
 Per model: ftjax's jitted train step (AdamW, donated state) and transformers' PyTorch model with
@@ -12,6 +13,10 @@ fp32 matmul peak; on GPU/TPU the vendor bf16 peak given by --peak_tflops), memor
 ftjax / torch. --input also times the input pipeline alone. --decode: greedy decoding with the GPT-2
 (ftjax.generate) per batch size, KV cache against full recomputation, new tokens/s and the speed-up.
 --gpt2_dims overrides GPT2Config fields (smaller shapes for CPU runs). --smoke: tiny shapes, for tests.
+--e2e: examples/s by wall clock of whole loops against the PyTorch loop for the same job: MiniLM fine-tuning
+(configs/bert_finetune_sentiment.py, ftjax's real input pipeline vs a DataLoader tokenising the same tweets),
+MiniLM evaluation over the test split, ResNet-18 (quarter width) train steps; there the ratio is ftjax
+examples/s / torch examples/s (> 1: ftjax faster), the inverse direction of the train rows' time ratio.
 """
 import argparse
 import dataclasses
@@ -313,6 +318,382 @@ def bench_decode(args) -> list:
   return rows
 
 
+# ----------------------------------------------------------------------------------------------
+# --e2e: whole training / evaluation loops, input pipeline included, against the PyTorch loop a user
+# would write for the same job. Examples/s by wall clock; ratio = ftjax examples/s / torch examples/s.
+# ----------------------------------------------------------------------------------------------
+E2E = ('minilm_finetune', 'minilm_eval', 'resnet18_small')
+
+
+def minilm_config(smoke: bool):
+  """configs/bert_finetune_sentiment.py itself (:smoke with --smoke), completed as a run completes it."""
+  from ftjax import api, defaults
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'bert_finetune_sentiment.py')
+  if not os.path.isfile(path):
+    raise SystemExit(f'bench: --e2e=minilm_* runs the bundled {path}, which this installation lacks (run from a checkout)')
+  return defaults.complete(api.get_config(path + (':smoke' if smoke else '')))
+
+
+def resnet_config(smoke: bool):
+  """configs/resnet_digits.py's network and optimizer (ResNet-18, quarter width, small stem, 1 channel, AdamW,
+  label smoothing), on 28x28 grey images and 10 classes."""
+  from ftjax import defaults
+  c = defaults.base_config('resnet')
+  c.model.update(depth=18, width=0.125 if smoke else 0.25, stem='small', in_channels=1, num_classes=10)
+  c.task.update(name='classification', inputs=('image',), label_smoothing=0.1)
+  c.optim.update(name='adamw', lr=3e-3, weight_decay=0.05, clip_norm=1.0)
+  c.schedule.update(name='constant')
+  c.input.batch_size = 16 if smoke else 128
+  return defaults.complete(c)
+
+
+def _seq(cfg) -> int:
+  """The tokenize op's max_len in input.pp_train: the sequence both frameworks pad and truncate to."""
+  import re
+  return int(re.search(r'max_len=(\d+)', cfg.input.pp_train).group(1))
+
+
+def _mesh():
+  import jax
+  from ftjax import parallel
+  return parallel.make_mesh((1,), ('data',), jax.devices()[:1])
+
+
+def _programs(cfg):
+  """(mesh, the run's programs, its starting state): train.programs and states.start, as train_and_evaluate
+  builds them (init.source: the package's weights under a fresh head)."""
+  from ftjax import train
+  from ftjax import state as states
+  mesh = _mesh()
+  progs = train.programs(cfg, mesh, cfg.total_steps)
+  state, _ = states.start(cfg, progs.layout(cfg.seed))
+  return mesh, progs, state
+
+
+def _count(tree) -> int:
+  import jax
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+class _Cycle:
+  """Host batches, round and round, as an iterator parallel.DevicePrefetch can read (it asks for a state)."""
+
+  def __init__(self, batches):
+    self.batches, self.i = batches, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self.i += 1
+    return self.batches[(self.i - 1) % len(self.batches)]
+
+  def get_state(self):
+    return self.i
+
+
+def ftjax_loop(cfg, mesh, progs, state, feed):
+  """The trainer's loop body (next(feed) -> train step under the sharding rules, metrics left on the device) as
+  (run(n) -> the last loss, once step n is done; fixed(n): the same on one batch already on the device, no
+  input work; compile seconds of the train step)."""
+  import itertools
+  from ftjax import parallel
+  first, box = next(feed), {'state': state}
+  with parallel.sharding(mesh, cfg.sharding_rules):
+    t = time.perf_counter()
+    progs.train_step.lower(state, first).compile()      # the jit call below finds it compiled
+    compile_s = time.perf_counter() - t
+
+  def run(n, batches=feed):
+    s, m = box['state'], None
+    with parallel.sharding(mesh, cfg.sharding_rules):
+      for _ in range(n):
+        s, m = progs.train_step(s, next(batches))
+    box['state'] = s
+    return None if m is None else float(m['train/loss'])     # waits for step n
+  return run, lambda n: run(n, itertools.repeat(first)), compile_s
+
+
+def _torch_minilm(cfg, split):
+  """transformers' BertForSequenceClassification from the package's weights (the directory ftjax reads),
+  its fast tokenizer, the split's (text, label) rows and a collate_fn that tokenises a batch of them
+  (padded and truncated to the config's max_len, as ftjax's tokenize op does)."""
+  import torch
+  import transformers
+  from ftjax import hub
+  from ftjax.data import get_source
+  from ftjax.data.sources import as_text
+  path = hub.resolve(cfg.model.config)
+  max_len = _seq(cfg)
+  tok = transformers.AutoTokenizer.from_pretrained(path)
+  verbosity = transformers.logging.get_verbosity()
+  transformers.logging.set_verbosity_error()       # 'newly initialized: classifier', as ftjax's head is
+  try:
+    model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=cfg.model.num_labels)
+  finally:
+    transformers.logging.set_verbosity(verbosity)
+  src = get_source(cfg.input.dataset, split, cfg.input.data_dir)
+  rows = [(as_text(src[i]['text']), int(src[i]['label'])) for i in range(len(src))]
+
+  def collate(batch):
+    enc = dict(tok([t for t, _ in batch], padding='max_length', truncation=True, max_length=max_len, return_tensors='pt'))
+    enc['labels'] = torch.tensor([y for _, y in batch])
+    return enc
+  return model, rows, collate
+
+
+def _adamw(torch, model, cfg):
+  """torch AdamW with ftjax's decay mask (kernels and embeddings, never biases or norm scales)."""
+  o = cfg.optim
+  groups = [{'params': [p for p in model.parameters() if p.ndim >= 2], 'weight_decay': o.weight_decay},
+            {'params': [p for p in model.parameters() if p.ndim < 2], 'weight_decay': 0.0}]
+  return torch.optim.AdamW(groups, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)
+
+
+def _torch_train_loop(torch, model, opt, cfg, batches, loss_fn=None):
+  """run(n) -> the last loss: zero_grad, forward, backward, clip (optim.clip_norm), step; the same schedule
+  shape as ftjax's (linear warm-up, then linear or constant)."""
+  warm, total, linear = cfg.schedule.warmup_steps, cfg.total_steps, cfg.schedule.name == 'linear'
+  sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / warm if s < warm else (
+      max(0.0, (total - s) / max(1, total - warm)) if linear else 1.0))
+
+  def run(n):
+    loss = None
+    for _ in range(n):
+      b = next(batches)
+      opt.zero_grad(set_to_none=True)
+      loss = model(**b).loss if loss_fn is None else loss_fn(model(b['x']), b['y'])
+      loss.backward()
+      if cfg.optim.clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
+      opt.step()
+      sched.step()
+    return None if loss is None else float(loss.detach())
+  return run
+
+
+def _forever(loader):
+  while True:
+    yield from loader
+
+
+def _alternate(runs: dict, steps: int, warmup: int, rounds: int, batch: int):
+  """Each round, each side in turn (ftjax first in even rounds, torch first in odd ones) warms up (`warmup`
+  steps, which also use up what ftjax's input pipeline read ahead while it was idle) then runs `steps` timed
+  steps. Blocks, not alternate steps: a step-by-step alternation would let ftjax's prefetch threads prepare
+  its batches while torch's step is timed. examples/s from the median round (another process's burst on a
+  shared machine slows a round, not the result).
+  -> ({side: examples/s}, {side: seconds per round}, {side: last loss})."""
+  secs, loss = {k: [] for k in runs}, {}
+  for r in range(rounds):
+    for k, run in (list(runs.items()) if r % 2 == 0 else list(runs.items())[::-1]):
+      if run is None:
+        continue
+      run(warmup)
+      t = time.perf_counter()
+      loss[k] = run(steps)
+      secs[k].append(time.perf_counter() - t)
+  rate = {k: steps * batch / statistics.median(v) if v else None for k, v in secs.items()}
+  return rate, secs, loss
+
+
+def _e2e_row(name, batch, shape, examples, rate, compile_s, **extra):
+  f, t = rate['ftjax'], rate.get('torch')
+  return {'name': name, 'kind': 'e2e', 'batch': batch, 'shape': shape, 'examples': examples,
+          'ftjax_examples_per_s': f, 'torch_examples_per_s': t, 'ratio': f / t if t else None,
+          'compile_s': compile_s, **extra}
+
+
+def e2e_minilm_finetune(args) -> dict:
+  """MiniLM fine-tuning, configs/bert_finetune_sentiment.py: ftjax's trainer pieces fed by the run's own input
+  pipeline (data.train_iterator: grain threads tokenising ftjax_sentiment's train split, then
+  parallel.DevicePrefetch) against transformers' model with torch AdamW fed by a DataLoader whose collate_fn
+  tokenises the same tweets (num_workers=0: the loop a user would write on a small machine)."""
+  from ftjax import data, models, parallel
+  cfg = minilm_config(args.smoke)
+  mesh, progs, state = _programs(cfg)
+  params = _count(state.params)
+  it, _ = data.train_iterator(cfg.input, cfg.seed, classes=models.label_classes(cfg))
+  feed = parallel.DevicePrefetch(it, parallel.batch_sharding(mesh), cfg.input.device_prefetch)
+  run, fixed, compile_s = ftjax_loop(cfg, mesh, progs, state, feed)
+  t_run, t_params = None, None
+  if not args.no_torch:
+    import torch
+    torch.manual_seed(cfg.seed)
+    model, rows, collate = _torch_minilm(cfg, cfg.input.train_split)
+    model.train()
+    t_params = sum(p.numel() for p in model.parameters())
+    loader = torch.utils.data.DataLoader(rows, batch_size=cfg.input.batch_size, shuffle=True, drop_last=True,
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed))
+    t_run = _torch_train_loop(torch, model, _adamw(torch, model, cfg), cfg, _forever(loader))
+  bs, steps = cfg.input.batch_size, args.e2e_steps
+  rate, secs, loss = _alternate({'ftjax': run, 'torch': t_run}, steps, args.e2e_warmup, args.e2e_rounds, bs)
+  t = time.perf_counter()           # the diagnostics: ftjax's step without its input, its input without the step
+  fixed(steps)
+  no_input = steps * bs / (time.perf_counter() - t)
+  it2, _ = data.train_iterator(cfg.input, cfg.seed + 1, classes=models.label_classes(cfg))
+  next(it2)
+  t = time.perf_counter()
+  for _ in range(steps):
+    next(it2)
+  input_alone = steps * bs / (time.perf_counter() - t)
+  return _e2e_row('minilm_finetune', bs, f'S={_seq(cfg)}', steps * bs, rate,
+                  compile_s, steps=steps, rounds=args.e2e_rounds, ftjax_round_s=secs['ftjax'],
+                  torch_round_s=secs['torch'], ftjax_loss=loss['ftjax'], torch_loss=loss.get('torch'),
+                  ftjax_params=params, torch_params=t_params, no_input_examples_per_s=no_input,
+                  input_examples_per_s=input_alone)
+
+
+def e2e_minilm_eval(args) -> dict:
+  """Classification over the whole test split (--smoke: its first 40 tweets), batch 128 (--smoke: 16): ftjax's
+  evaluator path (data.eval_batches, tokenising each pass: its cache is emptied first; the jitted predict step;
+  evals.collect), against the model under torch.inference_mode() fed by a DataLoader. Both compute logits,
+  argmax and per-example loss and bring them to the host. ftjax pads the last batch to the full batch size
+  (one program); torch runs it short."""
+  from ftjax import data, defaults, evals, models, parallel
+  from ftjax.data import pipeline
+  cfg = minilm_config(args.smoke)
+  split, bs = ('test[:40]', 16) if args.smoke else ('test', 128)
+  mesh, progs, state = _programs(cfg)
+  ev = evals.build('test', defaults.eval_config(split=split, batch_size=bs), config=cfg, predict_fn=progs.predict,
+                   embed_fn=progs.embed, mesh=mesh)
+  classes = models.label_classes(cfg)
+  batches = lambda: data.eval_batches(cfg.input, split, ev.pp, bs, classes=classes)
+  first = next(batches())
+  first.pop('_mask')
+  first = parallel.global_batch(first, parallel.batch_sharding(mesh))
+  t = time.perf_counter()
+  progs.predict.lower(state, first).compile()
+  compile_s = time.perf_counter() - t
+  progs.predict(state, first)['pred'].block_until_ready()
+
+  def ftjax_pass(cold=True):
+    if cold:
+      pipeline._EVAL_CACHE.clear()     # tokenise the split again, as a run's first evaluation does
+    t = time.perf_counter()
+    n = len(ev.outputs(state)['label'])
+    return n, time.perf_counter() - t
+
+  torch_pass = None
+  if not args.no_torch:
+    import torch
+    model, rows, collate = _torch_minilm(cfg, split)
+    model.eval()
+    loader = torch.utils.data.DataLoader(rows, batch_size=bs, shuffle=False, collate_fn=collate)
+
+    def torch_pass(limit=None):
+      t, n, tokens, out = time.perf_counter(), 0, 0, []
+      with torch.inference_mode():
+        for i, b in enumerate(loader):
+          if i == limit:
+            break
+          labels = b.pop('labels')
+          logits = model(**b).logits
+          out.append((logits.argmax(-1).numpy(), labels.numpy(),      # what ftjax's evaluator brings to the host
+                      torch.nn.functional.cross_entropy(logits, labels, reduction='none').numpy()))
+          n, tokens = n + len(labels), tokens + int(b['attention_mask'].sum())
+      return n, time.perf_counter() - t, tokens
+    torch_pass(limit=1)        # warm-up
+  secs, counts = {'ftjax': [], 'torch': []}, {}
+  for r in range(args.e2e_rounds):      # one pass each per round, the order alternating; the median pass
+    for side in ('ftjax', 'torch')[::1 if r % 2 == 0 else -1]:
+      if side == 'ftjax':
+        counts['ftjax'], s = ftjax_pass()
+      elif torch_pass:
+        counts['torch'], s, torch_tokens = torch_pass()
+      else:
+        continue
+      secs[side].append(s)
+  rate = {k: counts[k] / statistics.median(v) if v else None for k, v in secs.items()}
+  n_cached, s = ftjax_pass(cold=False)        # the cache of the last pass: the step and collect alone
+  pipeline._EVAL_CACHE.clear()
+  t = time.perf_counter()
+  tokens = sum(int((b['attention_mask'].sum(1) * b['_mask']).sum()) for b in batches())     # the input alone
+  input_alone = counts['ftjax'] / (time.perf_counter() - t)
+  padded = -(-counts['ftjax'] // bs) * bs
+  return _e2e_row('minilm_eval', bs, f'S={_seq(cfg)}', counts['ftjax'], rate, compile_s, split=split,
+                  rounds=args.e2e_rounds, torch_examples=counts.get('torch'), ftjax_tokens=tokens,
+                  torch_tokens=torch_tokens if torch_pass else None, padded_rows=padded - counts['ftjax'],
+                  ftjax_round_s=secs['ftjax'], torch_round_s=secs['torch'],
+                  no_input_examples_per_s=n_cached / s, input_examples_per_s=input_alone)
+
+
+def _torch_resnet18(torch, cfg):
+  """The ResNet-18 of ftjax/models/resnet.py (v1.5 basic blocks, stem='small': 3x3 stride-1 conv + BatchNorm +
+  ReLU, no max-pool; a 1x1 conv + BatchNorm shortcut where the shape changes; widths 64 * width * 2^stage)
+  in plain torch.nn, NCHW."""
+  from ftjax.models.resnet import STAGES
+  nn, m = torch.nn, cfg.model
+  conv = lambda cin, cout, k, s: nn.Conv2d(cin, cout, k, s, k // 2, bias=False)
+  bn = lambda c: nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)      # flax momentum 0.9 = torch 0.1
+
+  class Block(nn.Module):
+    def __init__(self, cin, w, s):
+      super().__init__()
+      self.conv1, self.bn1, self.conv2, self.bn2 = conv(cin, w, 3, s), bn(w), conv(w, w, 3, 1), bn(w)
+      self.proj = nn.Sequential(conv(cin, w, 1, s), bn(w)) if s != 1 or cin != w else nn.Identity()
+
+    def forward(self, x):
+      y = torch.relu(self.bn1(self.conv1(x)))
+      return torch.relu(self.proj(x) + self.bn2(self.conv2(y)))
+
+  c0 = max(8, int(round(64 * m.width)))
+  layers, cin = [conv(m.in_channels, c0, 3, 1), bn(c0), nn.ReLU()], c0
+  for i, n in enumerate(STAGES[m.depth]):
+    w = max(8, int(round(64 * m.width * 2 ** i)))
+    for j in range(n):
+      layers.append(Block(cin, w, 2 if j == 0 and i > 0 else 1))
+      cin = w
+  return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, m.num_classes))
+
+
+def e2e_resnet18_small(args) -> dict:
+  """ResNet-18 (quarter width, small stem) train steps on random 28x28 grey images (--smoke: 12x12, batch 16,
+  eighth width), batch 128: ftjax's trainer pieces fed through parallel.DevicePrefetch against the same network
+  in torch with AdamW, both cycling through the same four host batches."""
+  from ftjax import parallel
+  cfg = resnet_config(args.smoke)
+  size, bs = (12 if args.smoke else 28), cfg.input.batch_size
+  rng = np.random.default_rng(0)
+  host = [{'image': rng.normal(size=(bs, size, size, 1)).astype(np.float32),
+           'label': rng.integers(0, 10, bs).astype(np.int32)} for _ in range(4)]
+  mesh, progs, state = _programs(cfg)
+  params = _count(state.params)
+  feed = parallel.DevicePrefetch(_Cycle(host), parallel.batch_sharding(mesh), cfg.input.device_prefetch)
+  run, fixed, compile_s = ftjax_loop(cfg, mesh, progs, state, feed)
+  t_run, t_params = None, None
+  if not args.no_torch:
+    import torch
+    torch.manual_seed(cfg.seed)
+    model = _torch_resnet18(torch, cfg).train()
+    t_params = sum(p.numel() for p in model.parameters())
+    batches = _Cycle([{'x': torch.from_numpy(np.ascontiguousarray(b['image'].transpose(0, 3, 1, 2))),
+                       'y': torch.from_numpy(b['label'].astype(np.int64))} for b in host])
+    t_run = _torch_train_loop(torch, model, _adamw(torch, model, cfg), cfg, batches,
+                              torch.nn.CrossEntropyLoss(label_smoothing=cfg.task.label_smoothing))
+  steps = args.e2e_steps
+  rate, secs, loss = _alternate({'ftjax': run, 'torch': t_run}, steps, args.e2e_warmup, args.e2e_rounds, bs)
+  t = time.perf_counter()
+  fixed(steps)         # one batch already on the device: the feed's share
+  return _e2e_row('resnet18_small', bs, f'{size}px', steps * bs, rate, compile_s, steps=steps,
+                  rounds=args.e2e_rounds, ftjax_round_s=secs['ftjax'], torch_round_s=secs['torch'],
+                  ftjax_loss=loss['ftjax'], torch_loss=loss.get('torch'), ftjax_params=params, torch_params=t_params,
+                  no_input_examples_per_s=steps * bs / (time.perf_counter() - t))
+
+
+E2E_RUN = {'minilm_finetune': e2e_minilm_finetune, 'minilm_eval': e2e_minilm_eval, 'resnet18_small': e2e_resnet18_small}
+
+
+def e2e_table(rows) -> str:
+  out = ['| e2e | batch | shape | examples / round | ftjax ex/s | torch ex/s | ftjax / torch ex/s (>1: ftjax faster) | '
+         'ftjax compile (s) | ftjax without input ex/s | ftjax input alone ex/s |', '|' + '---|' * 10]
+  for r in rows:
+    out.append(f'| {r["name"]} | {r["batch"]} | {r["shape"]} | {r["examples"]:,} | {_f(r["ftjax_examples_per_s"], "{:,.1f}")} | '
+               f'{_f(r["torch_examples_per_s"], "{:,.1f}")} | {_f(r["ratio"], "{:.2f}x")} | {_f(r["compile_s"], "{:.1f}")} | '
+               f'{_f(r.get("no_input_examples_per_s"), "{:,.1f}")} | {_f(r.get("input_examples_per_s"), "{:,.0f}")} |')
+  return '\n'.join(out)
+
+
 def _f(v, p='{:.3f}'):
   """A table cell: '' for a value not measured."""
   return '' if v is None else p.format(v)
@@ -369,6 +750,12 @@ def main(argv=None):
   p.add_argument('--decode_repeats', type=int, default=3, help='--decode: timed calls per path (median)')
   p.add_argument('--compile_depths', default='', help="e.g. '12,24': BERT train-step compile seconds at these "
                  'depths, unrolled and with model.scan_layers')
+  p.add_argument('--e2e', default='', help=f'end-to-end rows, of {", ".join(E2E)} (default: none): whole loops, input '
+                 'pipeline included, examples/s against the same job in PyTorch')
+  p.add_argument('--e2e_steps', type=int, default=30, help='--e2e training rows: timed steps per round')
+  p.add_argument('--e2e_warmup', type=int, default=8, help='--e2e training rows: untimed steps before each timed block')
+  p.add_argument('--e2e_rounds', type=int, default=3, help='--e2e: timed blocks (passes over the split for '
+                 'minilm_eval) per framework, taken in turn; examples/s from the median one')
   p.add_argument('--smoke', action='store_true', help='tiny models and shapes (tests)')
   p.add_argument('--json', default='')
   args = p.parse_args(argv)
@@ -376,8 +763,12 @@ def main(argv=None):
   unknown = [n for n in names if n not in MODELS]
   if unknown:
     raise SystemExit(f'bench: unknown model {unknown[0]!r}; choose from {", ".join(MODELS)}')
+  e2e = [n for n in args.e2e.split(',') if n]
+  unknown = [n for n in e2e if n not in E2E]
+  if unknown:
+    raise SystemExit(f'bench: unknown --e2e row {unknown[0]!r}; choose from {", ".join(E2E)}')
   gpt2_dims(args.gpt2_dims)     # a bad --gpt2_dims fails before any timing
-  if names and not args.no_torch:
+  if (names or e2e) and not args.no_torch:
     from ftjax.errors import UserError, require
     try:
       require('torch', 'python -m ftjax.bench (its PyTorch peer; --no_torch times ftjax alone)', 'bench')
@@ -385,6 +776,7 @@ def main(argv=None):
       raise SystemExit(f'bench: {e}') from None
   if args.smoke:
     args.seq, args.image = min(args.seq, 32), min(args.image, 64)
+    args.e2e_steps, args.e2e_warmup, args.e2e_rounds = min(args.e2e_steps, 3), min(args.e2e_warmup, 1), 1
   import jax
   cpu_peak = names and jax.default_backend() == 'cpu'       # decoding alone needs no peak
   peak = args.peak_tflops * 1e12 if args.peak_tflops else (matmul_peak() if cpu_peak else 0.0)
@@ -410,6 +802,13 @@ def main(argv=None):
     compiled = bench_compile(args)
     print(compile_table(compiled), flush=True)
     rows += compiled
+  if e2e:
+    ended = []
+    for name in e2e:
+      ended.append(E2E_RUN[name](args))
+      print(e2e_table(ended[-1:]).splitlines()[-1], flush=True)
+    print(e2e_table(ended), flush=True)
+    rows += ended
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=2)

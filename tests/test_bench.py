@@ -46,3 +46,39 @@ def test_bench_smoke_reports_both_frameworks_and_their_ratio(tmp_path, capsys):
   for x in compiled:
     assert all(x[f'{k}_{t}_s'] > 0 for k in ('unrolled', 'scan') for t in ('lower', 'compile'))
   assert '| scan_layers: compile (s) |' in stdout and '| bert_base_mlm | 3 | 2 | S=32 |' in stdout
+
+
+def test_bench_e2e_rows_time_whole_loops_of_both_frameworks(tmp_path, capsys):
+  """--e2e at --smoke sizes: the real MiniLM weights and input pipeline (train[:64], 16 tokens), three timed
+  steps, one round; the evaluation over test[:40] in batches of 16 (the last one padded). Both frameworks
+  must have run the same job: the same parameter count, the same tweets tokenised to the same tokens."""
+  from ftjax import bench
+  out = tmp_path / 'e2e.json'
+  returned = bench.main(['--smoke', '--models=', '--e2e=minilm_finetune,minilm_eval,resnet18_small', f'--json={out}'])
+  stdout = capsys.readouterr().out
+  rows = json.loads(out.read_text())
+  assert rows == json.loads(json.dumps(returned))
+  assert [(x['name'], x['kind']) for x in rows] == [('minilm_finetune', 'e2e'), ('minilm_eval', 'e2e'),
+                                                    ('resnet18_small', 'e2e')]
+  finetune, evaluation, resnet = rows
+  for x in rows:
+    assert x['ftjax_examples_per_s'] > 0 and x['torch_examples_per_s'] > 0 and x['compile_s'] > 0
+    assert x['ratio'] == pytest.approx(x['ftjax_examples_per_s'] / x['torch_examples_per_s'])
+    for side in ('ftjax', 'torch'):     # examples/s is the examples counted over the seconds timed
+      assert x[f'{side}_examples_per_s'] == pytest.approx(x['examples'] / x[f'{side}_round_s'][0])
+  for x, batch, shape in ((finetune, 8, 'S=16'), (resnet, 16, '12px')):
+    assert (x['batch'], x['shape'], x['steps'], x['rounds'], x['examples']) == (batch, shape, 3, 1, 3 * batch)
+    assert x['ftjax_params'] == x['torch_params'] > 0
+    assert 0 < x['ftjax_loss'] < 5 and 0 < x['torch_loss'] < 5
+  assert finetune['ftjax_params'] > 20e6          # MiniLM-L6's 22.7 M, not a tiny stand-in
+  assert finetune['no_input_examples_per_s'] > 0 and finetune['input_examples_per_s'] > 0
+  assert resnet['no_input_examples_per_s'] > 0 and 'input_examples_per_s' not in resnet     # random data: no pipeline
+
+  assert (evaluation['split'], evaluation['batch'], evaluation['shape']) == ('test[:40]', 16, 'S=16')
+  assert evaluation['examples'] == evaluation['torch_examples'] == 40 and evaluation['padded_rows'] == 8
+  assert evaluation['ftjax_tokens'] == evaluation['torch_tokens'] > 2 * 40      # [CLS] text [SEP], both tokenisers
+  assert evaluation['no_input_examples_per_s'] > 0 and evaluation['input_examples_per_s'] > 0
+
+  assert '| ftjax / torch ex/s (>1: ftjax faster) |' in stdout
+  assert '| minilm_finetune | 8 | S=16 | 24 |' in stdout and '| minilm_eval | 16 | S=16 | 40 |' in stdout
+  assert '| resnet18_small | 16 | 12px | 48 |' in stdout
