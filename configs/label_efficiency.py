@@ -41,7 +41,7 @@ def get_config(arg=None):
         cfg.input.train_split = f'train[:{n}]'
         cfg.input.batch_size = min(cfg.input.batch_size, n)     # 50 digits: a batch of 50, not 128
         cfg.evals.eval.every = 0                  # the test accuracy is what is plotted
-        if group == 'text':
+        if 'tfidf' in cfg.evals:
           del cfg.evals['tfidf']                  # the demo reports it, on 500 tweets
         r[f'{group}_{n}_{arm}'] = cfg
         rows.append((name, arm, f'{group}_{n}_{arm}', 'test/accuracy'))
