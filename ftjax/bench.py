@@ -551,7 +551,6 @@ def e2e_minilm_eval(args) -> dict:
   argmax and per-example loss and bring them to the host. ftjax pads the last batch to the full batch size
   (one program); torch runs it short."""
   from ftjax import data, defaults, evals, models, parallel
-  from ftjax.data import pipeline
   cfg = minilm_config(args.smoke)
   split, bs = ('test[:40]', 16) if args.smoke else ('test', 128)
   mesh, progs, state = _programs(cfg)
@@ -569,7 +568,7 @@ def e2e_minilm_eval(args) -> dict:
 
   def ftjax_pass(cold=True):
     if cold:
-      pipeline._EVAL_CACHE.clear()     # tokenise the split again, as a run's first evaluation does
+      data.clear_eval_cache()     # tokenise the split again, as a run's first evaluation does
     t = time.perf_counter()
     n = len(ev.outputs(state)['label'])
     return n, time.perf_counter() - t
@@ -606,7 +605,7 @@ def e2e_minilm_eval(args) -> dict:
       secs[side].append(s)
   rate = {k: counts[k] / statistics.median(v) if v else None for k, v in secs.items()}
   n_cached, s = ftjax_pass(cold=False)        # the cache of the last pass: the step and collect alone
-  pipeline._EVAL_CACHE.clear()
+  data.clear_eval_cache()
   t = time.perf_counter()
   tokens = sum(int((b['attention_mask'].sum(1) * b['_mask']).sum()) for b in batches())     # the input alone
   input_alone = counts['ftjax'] / (time.perf_counter() - t)

@@ -140,7 +140,7 @@ def test_the_demo_report_keeps_its_columns_and_its_one_difference(tmp_path, draw
   """The demo's report on one seed per arm (its runs as an unseeded experiment would leave them)."""
   cfg = demo_config().report
   values = {'digits_scratch': 0.9259, 'digits_pretrained': 0.937, 'sentiment_scratch': 0.554,
-            'sentiment_pretrained': 0.6098}
+            'sentiment_pretrained': 0.6098, 'gpt_scratch': 0.5636, 'gpt_pretrained': 0.566}
   for run, v in values.items():
     write_run(tmp_path, run, {'test/accuracy': v, **({'tfidf/accuracy': 0.6364} if run == 'sentiment_scratch' else {})})
   write_run(tmp_path, 'digits_simclr', {'probe_test/accuracy': 0.9519, 'probe_250/accuracy': 0.9148,
@@ -149,11 +149,13 @@ def test_the_demo_report_keeps_its_columns_and_its_one_difference(tmp_path, draw
                                         'svm_250/accuracy': 0.7519, 'fewshot/5shot': 0.6198}, evaluate=True)
   write_run(tmp_path, 'minilm_features', {'linear_probe/accuracy': 0.6515, 'svm/accuracy': 0.6794}, evaluate=True)
   write_run(tmp_path, 'text_mlm', {'eval/accuracy': 0.3039})
+  write_run(tmp_path, 'gpt_lm', {'eval/perplexity': 185.0127, 'eval/unigram_perplexity': 844.2208})
   rows = report.write(str(tmp_path), cfg, {'digits_simclr': 72.0})
 
   assert [(r['task'], r['init'], r['value']) for r in cells(rows)] == [
       ('digits', 'scratch', 0.9259), ('digits', 'pretrained', 0.937), ('sentiment text', 'scratch', 0.554),
-      ('sentiment text', 'pretrained', 0.6098)]
+      ('sentiment text', 'pretrained', 0.6098), ('sentiment text, GPT', 'scratch', 0.5636),
+      ('sentiment text, GPT', 'pretrained', 0.566)]
   assert all(set(r) == {'task', 'init', 'metric', 'value'} and r['metric'] == 'test_accuracy' for r in cells(rows))
   md = (tmp_path / 'report.md').read_text()
   shown = md.split('\n![')[0]                      # what the experiment prints
@@ -161,11 +163,13 @@ def test_the_demo_report_keeps_its_columns_and_its_one_difference(tmp_path, draw
                           '| task | metric | scratch | pretrained | pretrained - scratch |\n'
                           '|---|---|---|---|---|\n'
                           '| digits | test_accuracy | 0.9259 | 0.9370 | +1.1 points |\n'
-                          '| sentiment text | test_accuracy | 0.5540 | 0.6098 | +5.6 points |\n\n')
+                          '| sentiment text | test_accuracy | 0.5540 | 0.6098 | +5.6 points |\n'
+                          '| sentiment text, GPT | test_accuracy | 0.5636 | 0.5660 | +0.2 points |\n\n')
   assert 'from one run per arm: no confidence interval' in shown
   assert '| digits: linear SVM on 250 labels, random-init features | 0.7519 |' in shown      # from evaluate.json
   assert '| sentiment: linear SVM on frozen MiniLM features, same 500 | 0.6794 |' in shown
   assert '| sentiment: TF-IDF + logistic regression, same 500 tweets | 0.6364 |' in shown
+  assert '| GPT causal LM: validation perplexity | 185.0127 |' in shown
   assert 'No value' not in md
   assert '![training curves](curves.png)' in md and '![comparison](comparison.png)' in md
   assert {label for _, label, _, _ in drawn['bars']} == {'scratch', 'pretrained'}

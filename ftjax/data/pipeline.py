@@ -184,6 +184,12 @@ _EVAL_CACHE: 'collections.OrderedDict[str, list]' = collections.OrderedDict()
 EVAL_CACHE_BYTES = 256 << 20     # the most this process keeps; a larger split is read again at each evaluation
 
 
+def clear_eval_cache():
+  """Forget every kept evaluation batch: the next evaluation reads and tokenises its split again (the bench
+  times that cold pass, as a run's first evaluation pays it)."""
+  _EVAL_CACHE.clear()
+
+
 def _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok):
   """What an evaluation's batches are made from, or None when they may change within the process: only the
   splits of TFDS and synthetic datasets are kept (files on disk can be rewritten), with the tokenizer's content."""
