@@ -414,10 +414,11 @@ def ftjax_loop(cfg, mesh, progs, state, feed):
   return run, lambda n: run(n, itertools.repeat(first)), compile_s
 
 
-def _torch_minilm(cfg, split):
+def _torch_minilm(cfg, split, padding='max_length'):
   """transformers' BertForSequenceClassification from the package's weights (the directory ftjax reads),
   its fast tokenizer, the split's (text, label) rows and a collate_fn that tokenises a batch of them
-  (padded and truncated to the config's max_len, as ftjax's tokenize op does)."""
+  (truncated to the config's max_len and padded to it, as ftjax's tokenize op does; padding='longest': to
+  the batch's longest row, as transformers' DataCollatorWithPadding does)."""
   import torch
   import transformers
   from ftjax import hub
@@ -436,7 +437,7 @@ def _torch_minilm(cfg, split):
   rows = [(as_text(src[i]['text']), int(src[i]['label'])) for i in range(len(src))]
 
   def collate(batch):
-    enc = dict(tok([t for t, _ in batch], padding='max_length', truncation=True, max_length=max_len, return_tensors='pt'))
+    enc = dict(tok([t for t, _ in batch], padding=padding, truncation=True, max_length=max_len, return_tensors='pt'))
     enc['labels'] = torch.tensor([y for _, y in batch])
     return enc
   return model, rows, collate
@@ -548,8 +549,9 @@ def e2e_minilm_eval(args) -> dict:
   """Classification over the whole test split (--smoke: its first 40 tweets), batch 128 (--smoke: 16): ftjax's
   evaluator path (data.eval_batches, tokenising each pass: its cache is emptied first; the jitted predict step;
   evals.collect), against the model under torch.inference_mode() fed by a DataLoader. Both compute logits,
-  argmax and per-example loss and bring them to the host. ftjax pads the last batch to the full batch size
-  (one program); torch runs it short."""
+  argmax and per-example loss and bring them to the host. ftjax batches the tweets by length and cuts each batch
+  to a multiple of 16 tokens past its longest (evals.COMMON's bucket) and pads the last batch to the full batch
+  size; torch pads each batch of the split's order to its longest tweet and runs the last one short."""
   from ftjax import data, defaults, evals, models, parallel
   cfg = minilm_config(args.smoke)
   split, bs = ('test[:40]', 16) if args.smoke else ('test', 128)
@@ -557,14 +559,17 @@ def e2e_minilm_eval(args) -> dict:
   ev = evals.build('test', defaults.eval_config(split=split, batch_size=bs), config=cfg, predict_fn=progs.predict,
                    embed_fn=progs.embed, mesh=mesh)
   classes = models.label_classes(cfg)
-  batches = lambda: data.eval_batches(cfg.input, split, ev.pp, bs, classes=classes)
-  first = next(batches())
-  first.pop('_mask')
-  first = parallel.global_batch(first, parallel.batch_sharding(mesh))
+  batches = lambda: data.eval_batches(cfg.input, split, ev.pp, bs, classes=classes, bucket=ev.cfg.bucket)
+  widths = {}                  # one program per batch width (bucketing): compiled and run once here, all timed
+  for b in batches():
+    b = {k: v for k, v in b.items() if k not in ('_mask', '_index')}
+    widths.setdefault(b['input_ids'].shape[1], parallel.global_batch(b, parallel.batch_sharding(mesh)))
   t = time.perf_counter()
-  progs.predict.lower(state, first).compile()
+  for first in widths.values():
+    progs.predict.lower(state, first).compile()
   compile_s = time.perf_counter() - t
-  progs.predict(state, first)['pred'].block_until_ready()
+  for first in widths.values():
+    progs.predict(state, first)['pred'].block_until_ready()
 
   def ftjax_pass(cold=True):
     if cold:
@@ -576,12 +581,12 @@ def e2e_minilm_eval(args) -> dict:
   torch_pass = None
   if not args.no_torch:
     import torch
-    model, rows, collate = _torch_minilm(cfg, split)
+    model, rows, collate = _torch_minilm(cfg, split, padding='longest')
     model.eval()
     loader = torch.utils.data.DataLoader(rows, batch_size=bs, shuffle=False, collate_fn=collate)
 
     def torch_pass(limit=None):
-      t, n, tokens, out = time.perf_counter(), 0, 0, []
+      t, n, tokens, positions, out = time.perf_counter(), 0, 0, 0, []
       with torch.inference_mode():
         for i, b in enumerate(loader):
           if i == limit:
@@ -590,8 +595,8 @@ def e2e_minilm_eval(args) -> dict:
           logits = model(**b).logits
           out.append((logits.argmax(-1).numpy(), labels.numpy(),      # what ftjax's evaluator brings to the host
                       torch.nn.functional.cross_entropy(logits, labels, reduction='none').numpy()))
-          n, tokens = n + len(labels), tokens + int(b['attention_mask'].sum())
-      return n, time.perf_counter() - t, tokens
+          n, tokens, positions = n + len(labels), tokens + int(b['attention_mask'].sum()), positions + b['input_ids'].numel()
+      return n, time.perf_counter() - t, (tokens, positions)
     torch_pass(limit=1)        # warm-up
   secs, counts = {'ftjax': [], 'torch': []}, {}
   for r in range(args.e2e_rounds):      # one pass each per round, the order alternating; the median pass
@@ -607,12 +612,16 @@ def e2e_minilm_eval(args) -> dict:
   n_cached, s = ftjax_pass(cold=False)        # the cache of the last pass: the step and collect alone
   data.clear_eval_cache()
   t = time.perf_counter()
-  tokens = sum(int((b['attention_mask'].sum(1) * b['_mask']).sum()) for b in batches())     # the input alone
+  tokens, positions = 0, 0
+  for b in batches():           # the input alone
+    tokens, positions = tokens + int((b['attention_mask'].sum(1) * b['_mask']).sum()), positions + b['input_ids'].size
   input_alone = counts['ftjax'] / (time.perf_counter() - t)
   padded = -(-counts['ftjax'] // bs) * bs
   return _e2e_row('minilm_eval', bs, f'S={_seq(cfg)}', counts['ftjax'], rate, compile_s, split=split,
                   rounds=args.e2e_rounds, torch_examples=counts.get('torch'), ftjax_tokens=tokens,
-                  torch_tokens=torch_tokens if torch_pass else None, padded_rows=padded - counts['ftjax'],
+                  torch_tokens=torch_tokens[0] if torch_pass else None, ftjax_positions=positions,
+                  torch_positions=torch_tokens[1] if torch_pass else None, programs=len(widths),
+                  padded_rows=padded - counts['ftjax'],
                   ftjax_round_s=secs['ftjax'], torch_round_s=secs['torch'],
                   no_input_examples_per_s=n_cached / s, input_examples_per_s=input_alone)
 

@@ -14,7 +14,9 @@ check_split and eval_batches alike):
    EOS -> blocks (packing.causal_blocks) -> blocks shuffled in windows -> ops -> global batches, of
    which each process keeps its rows; the state is grain's nested dict (packing.Resumable).
    Eval: every example exactly once, the last batch padded and masked (`_mask`), the same number of
-   batches on every process.
+   batches on every process. With `bucket` (text from the tokenize op), examples are batched in order
+   of length and each batch's token arrays cut to the next multiple of `bucket` past its longest
+   example (`_index` gives each row's place in the split, for evals.collect to restore the order).
 """
 import collections
 import hashlib
@@ -200,20 +202,22 @@ def _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, cla
                     sort_keys=True, default=repr)
 
 
-def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1, classes=None):
+def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count=1, classes=None, bucket=0):
   """Yields local batches with a float `_mask` (0 = padding). Same batch count on every process.
+  bucket > 0: tokenized text is batched by length and trimmed (`_bucketed`); rows carry `_index`.
   Evaluation preprocessing is deterministic, so a split's batches are made once per process and kept
   (EVAL_CACHE_BYTES, least recently used first out): a run evaluating every N steps, and the next run on
   the same split (an experiment's seeds and arms), read, decode and tokenise it once."""
   tok = tokenizers.tokenizer(cfg)
-  key = _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok)
+  key = _eval_key(cfg, split, pp_spec, (batch_size, bucket), process_index, process_count, classes, tok)
   if key in _EVAL_CACHE:
     _EVAL_CACHE.move_to_end(key)
     for batch in _EVAL_CACHE[key]:
       yield dict(batch)          # a copy of the dict: callers pop `_mask`
     return
   kept, size = ([] if key else None), 0
-  for batch in _read_eval_batches(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok):
+  for batch in _read_eval_batches(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok,
+                                  bucket):
     if kept is not None:
       size += _nbytes([batch])
       if size <= EVAL_CACHE_BYTES:
@@ -231,19 +235,59 @@ def _nbytes(batches) -> int:
   return sum(v.nbytes for b in batches for v in b.values())
 
 
-def _read_eval_batches(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok):
+def _read_eval_batches(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok, bucket=0):
   src = _source(cfg, split, tok)
   bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
   ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0, f'dataset {cfg.dataset!r} split {split!r}', classes)
   ds = with_pp(ds)
+  if bucket and len(src) and _token_keys(ds[0]):
+    yield from _bucketed(ds, batch_size, bs, process_index, bucket)
+    return
   # Process p reads rows [p*bs, (p+1)*bs) of each global batch: the same examples, preprocessing
   # randomness and order as one process would see.
   for b in range(math.ceil(len(src) / batch_size)):
     start = b * batch_size + process_index * bs
     items = [ds[i] for i in range(start, min(start + bs, len(ds)))]
-    n = len(items)
-    template = items[0] if items else ds[0]
-    items += [template] * (bs - n)
-    batch = {k: np.stack([it[k] for it in items]) for k in template}
-    batch['_mask'] = (np.arange(bs) < n).astype(np.float32)
+    yield _stack(items, ds[0], bs)
+
+
+def _stack(items, template, bs):
+  n = len(items)
+  template = items[0] if items else template
+  items = items + [template] * (bs - n)
+  batch = {k: np.stack([it[k] for it in items]) for k in template}
+  batch['_mask'] = (np.arange(bs) < n).astype(np.float32)
+  return batch
+
+
+TOKEN_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')     # what the tokenize op makes, cut together
+
+
+def _token_keys(ex):
+  """The keys of ex that `_bucketed` may cut: those of the tokenize op (padded on the right), if they are
+  the example's only arrays of the sequence's length; else () (packed or masked-LM sequences, images)."""
+  mask = ex.get('attention_mask')
+  if mask is None or np.ndim(mask) != 1:
+    return ()
+  seq = [k for k, v in ex.items() if np.ndim(v) >= 1 and np.shape(v)[0] == len(mask)]
+  return tuple(seq) if set(seq) <= set(TOKEN_KEYS) else ()
+
+
+def _bucketed(ds, batch_size, bs, process_index, bucket):
+  """Length bucketing: every process preprocesses the whole split (the same order and widths everywhere),
+  sorts it by length (stable: ties keep the split's order) and cuts each global batch's token arrays to
+  the next multiple of `bucket` past its longest example, at most the full length. A transformer's
+  outputs on the real tokens do not depend on how much right padding follows them (up to float rounding),
+  and the tweets of the bundled data average half their 64 tokens."""
+  items = [ds[i] for i in range(len(ds))]
+  keys, full = _token_keys(items[0]), len(items[0]['attention_mask'])
+  lengths = np.array([np.flatnonzero(it['attention_mask']).max(initial=0) + 1 for it in items])
+  order = np.argsort(lengths, kind='stable')
+  for b in range(math.ceil(len(items) / batch_size)):
+    rows = order[b * batch_size:(b + 1) * batch_size]
+    width = min(full, -(-int(lengths[rows].max()) // bucket) * bucket)
+    mine = rows[process_index * bs:(process_index + 1) * bs]
+    cut = [{k: (v[:width] if k in keys else v) for k, v in items[i].items()} for i in mine]
+    batch = _stack(cut, {k: (v[:width] if k in keys else v) for k, v in items[0].items()}, bs)
+    batch['_index'] = np.concatenate([mine, len(items) + np.arange(bs - len(mine))]).astype(np.int32)
     yield batch

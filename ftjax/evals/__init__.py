@@ -23,6 +23,7 @@ COMMON = dict(
     every=0,                # run every N steps; 0 = once, at the end
     batch_size=256,
     pp='',                  # preprocessing; '' = input.pp_eval
+    bucket=16,              # text: batch by length, cut each batch to a multiple of this past its longest; 0 = off
 )
 # Evaluators on frozen features (FeatureEvaluator) also fit on a train split.
 FEATURES = dict(
@@ -75,17 +76,30 @@ def polling(fn):
 
 def collect(fn, state, batches, sharding) -> dict:
   """fn(state, global batch) over a split's local batches -> {key: numpy array over the whole split,
-  on every host}, with '_mask' (0 = padding row)."""
+  on every host}, with '_mask' (0 = padding row). Batches bucketed by length (data.eval_batches' `_index`)
+  come back in the split's order, padding rows last, per-token outputs zero-padded to the widest batch."""
   chunks = []
   for local in batches:
     if _POLL:
       _POLL[-1]()
-    mask = local.pop('_mask')
+    extra = {k: local.pop(k) for k in ('_mask', '_index') if k in local}
     out = fn(state, parallel.global_batch(local, sharding))
-    out['_mask'] = parallel.global_batch({'m': mask}, sharding)['m']
+    out.update(parallel.global_batch(extra, sharding))
     chunks.append(multihost_utils.process_allgather(out, tiled=True) if jax.process_count() > 1
                   else jax.device_get(out))
-  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  cat = {k: np.concatenate(_same_shape([c[k] for c in chunks])) for k in chunks[0]}
+  if '_index' in cat:
+    order = np.argsort(cat.pop('_index'), kind='stable')
+    cat = {k: v[order] for k, v in cat.items()}
+  return cat
+
+
+def _same_shape(arrays):
+  """Arrays zero-padded to one shape past the batch axis (a zero weight or mask leaves padding out)."""
+  shape = np.max([a.shape[1:] for a in arrays], axis=0) if arrays[0].ndim > 1 else None
+  if shape is None or all(a.shape[1:] == tuple(shape) for a in arrays):
+    return arrays
+  return [np.pad(a, [(0, 0)] + [(0, int(m) - d) for m, d in zip(shape, a.shape[1:])]) for a in arrays]
 
 
 def standardise_and_hold_out(x, x_test, seed=0):
@@ -121,12 +135,12 @@ class FeatureEvaluator:
   def features(self, state, split):
     """(features [N, D] float32, labels [N] as label_dtype) of a whole split. Evaluators of one run that read
     the same split of the same state (a probe and an SVM) compute its features once."""
-    key = (self.input.dataset, self.input.get('tokenizer'), split, self.pp, self.embed_fn)
+    key = (self.input.dataset, self.input.get('tokenizer'), split, self.pp, self.cfg.bucket, self.embed_fn)
     if _FEATURES['state'] is not state:
       _FEATURES.update(state=state, cache={})
     if key not in _FEATURES['cache']:
       batches = data.eval_batches(self.input, split, self.pp, self.cfg.batch_size, jax.process_index(),
-                                  jax.process_count())
+                                  jax.process_count(), bucket=self.cfg.bucket)
       out = collect(self.embed_fn, state, batches, self.sharding)
       keep = out['_mask'] > 0
       _FEATURES['cache'][key] = out['features'][keep].astype(np.float32), out['label'][keep]

@@ -21,7 +21,7 @@ class Evaluator:
   def outputs(self, state):
     """Per-prediction outputs of the whole split, on every host: dict of flat numpy arrays."""
     batches = data.eval_batches(self.input, self.cfg.split, self.pp, self.cfg.batch_size,
-                                jax.process_index(), jax.process_count(), self.classes)
+                                jax.process_index(), jax.process_count(), self.classes, bucket=self.cfg.bucket)
     cat = evals.collect(self.predict_fn, state, batches, self.sharding)
     mask = cat.pop('_mask')
     weight = cat.pop('weight', np.ones_like(mask))

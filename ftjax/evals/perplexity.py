@@ -78,7 +78,7 @@ class Evaluator:
   def sums(self, state) -> dict:
     """Token-weighted sums over the split: loss, correct, tokens, and the unigram baseline's loss."""
     batches = data.eval_batches(self.input, self.cfg.split, self.pp, self.cfg.batch_size, jax.process_index(),
-                                jax.process_count())
+                                jax.process_count(), bucket=self.cfg.bucket)
     total = dict(loss=0.0, correct=0.0, tokens=0.0, unigram=0.0)
     for local in batches:      # one batch at a time: a long split is never held on the host whole
       out = evals.collect(self.predict_fn, state, [local], self.sharding)
