@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 
 from ftjax import models, trees
-from ftjax.errors import UserError, brief
-from ftjax.hub import MODEL_TYPES, load_state_dict, read_config, read_json, resolve
+from ftjax.errors import UserError
+from ftjax.hub import MODEL_TYPES, load_state_dict, read_config, read_json, read_safetensors, resolve
 from ftjax.models import lora
 
 IGNORED_SOURCE_KEYS = ('position_ids', 'cls.predictions.decoder.weight', 'cls.predictions.decoder.bias',
@@ -318,11 +318,7 @@ def load_adapters(model, path: str):
     raise UserError(f'{d}: no {ADAPTER_WEIGHTS}' + (f' ({other[0]} is a pickle, which ftjax does not load: re-save '
                                                    'it with peft\'s save_pretrained(safe_serialization=True))'
                                                    if other else ''))
-  from safetensors.numpy import load_file
-  try:
-    sd = dict(load_file(st))
-  except Exception as e:     # SafetensorError, OSError, a dtype numpy lacks (bfloat16)
-    raise UserError(f'{st}: not a readable safetensors file ({brief(e)})') from None
+  sd = read_safetensors(st, f'the {ADAPTER_WEIGHTS} that peft\'s save_pretrained writes')
   outside = [k for k in sd if not k.startswith(PEFT_PREFIX)]
   if outside:
     raise UserError(f'{st}: {outside[:3]} lack peft\'s {PEFT_PREFIX!r} prefix; is it a peft adapter file?')

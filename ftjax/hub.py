@@ -155,7 +155,7 @@ def load_state_dict(path: str) -> dict:
   path = resolve(path)
   st, pt = os.path.join(path, 'model.safetensors'), os.path.join(path, 'pytorch_model.bin')
   if os.path.exists(st):
-    return _read_safetensors(st)
+    return read_safetensors(st)
   if os.path.exists(pt):
     return _read_torch_bin(pt)
   raise UserError(f'{path}: no model.safetensors or pytorch_model.bin')
@@ -172,9 +172,11 @@ def _check_size(p: str, expected: str):
     raise UserError(f'{p}: the file is empty (0 bytes); expected {expected}')
 
 
-def _read_safetensors(st: str) -> dict:
+def read_safetensors(st: str, expected='the model.safetensors that transformers writes (re-download or re-export '
+                     'it)') -> dict:
+  """{name: numpy array} from a safetensors file; a damaged, empty or unreadable one is one UserError
+  naming the file and what was `expected` there."""
   from safetensors.numpy import load_file
-  expected = 'the model.safetensors that transformers writes (re-download or re-export it)'
   _check_size(st, expected)
   try:
     return dict(load_file(st))

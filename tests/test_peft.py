@@ -194,6 +194,13 @@ def test_a_bad_adapter_directory_is_one_user_error(bert, gpt2, tmp_path):
   (pickled / 'adapter_config.json').write_text((bert['root'] / 'adapter' / 'adapter_config.json').read_text())
   (pickled / 'adapter_model.bin').write_bytes(b'not read')
   cases['pickle'] = (pickled, bert_base, 'adapter_model.bin is a pickle, which ftjax does not load')
+  for name, content, msg in (('damaged', b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1', 'not a readable safetensors file'),
+                             ('empty', b'', r'the file is empty \(0 bytes\); expected the adapter_model.safetensors')):
+    d = tmp_path / name
+    d.mkdir()
+    (d / 'adapter_config.json').write_text((bert['root'] / 'adapter' / 'adapter_config.json').read_text())
+    (d / 'adapter_model.safetensors').write_bytes(content)
+    cases[name] = (d, bert_base, msg)
   for name, (d, model, msg) in cases.items():
     before = nnx.to_pure_dict(nnx.state(model))
     with pytest.raises(UserError, match=msg):
