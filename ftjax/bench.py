@@ -267,12 +267,11 @@ def bench_compile(args) -> list:
 
 
 def compile_table(rows) -> str:
-  out = ['| model | layers | batch | shape | unrolled: trace + lower (s) | unrolled: compile (s) | scan_layers: trace + '
-         'lower (s) | scan_layers: compile (s) |', '|' + '---|' * 8]
-  for r in rows:
-    out.append(f'| {r["name"]} | {r["layers"]} | {r["batch"]} | {r["shape"]} | {r["unrolled_lower_s"]:.1f} | '
-               f'{r["unrolled_compile_s"]:.1f} | {r["scan_lower_s"]:.1f} | {r["scan_compile_s"]:.1f} |')
-  return '\n'.join(out)
+  return _markdown(('model', 'layers', 'batch', 'shape', 'unrolled: trace + lower (s)', 'unrolled: compile (s)',
+                    'scan_layers: trace + lower (s)', 'scan_layers: compile (s)'),
+                   [(r['name'], r['layers'], r['batch'], r['shape'], f'{r["unrolled_lower_s"]:.1f}',
+                     f'{r["unrolled_compile_s"]:.1f}', f'{r["scan_lower_s"]:.1f}', f'{r["scan_compile_s"]:.1f}')
+                    for r in rows])
 
 
 def bench_decode(args) -> list:
@@ -693,13 +692,13 @@ E2E_RUN = {'minilm_finetune': e2e_minilm_finetune, 'minilm_eval': e2e_minilm_eva
 
 
 def e2e_table(rows) -> str:
-  out = ['| e2e | batch | shape | examples / round | ftjax ex/s | torch ex/s | ftjax / torch ex/s (>1: ftjax faster) | '
-         'ftjax compile (s) | ftjax without input ex/s | ftjax input alone ex/s |', '|' + '---|' * 10]
-  for r in rows:
-    out.append(f'| {r["name"]} | {r["batch"]} | {r["shape"]} | {r["examples"]:,} | {_f(r["ftjax_examples_per_s"], "{:,.1f}")} | '
-               f'{_f(r["torch_examples_per_s"], "{:,.1f}")} | {_f(r["ratio"], "{:.2f}x")} | {_f(r["compile_s"], "{:.1f}")} | '
-               f'{_f(r.get("no_input_examples_per_s"), "{:,.1f}")} | {_f(r.get("input_examples_per_s"), "{:,.0f}")} |')
-  return '\n'.join(out)
+  return _markdown(('e2e', 'batch', 'shape', 'examples / round', 'ftjax ex/s', 'torch ex/s',
+                    'ftjax / torch ex/s (>1: ftjax faster)', 'ftjax compile (s)', 'ftjax without input ex/s',
+                    'ftjax input alone ex/s'),
+                   [(r['name'], r['batch'], r['shape'], f'{r["examples"]:,}', _f(r['ftjax_examples_per_s'], '{:,.1f}'),
+                     _f(r['torch_examples_per_s'], '{:,.1f}'), _f(r['ratio'], '{:.2f}x'), _f(r['compile_s'], '{:.1f}'),
+                     _f(r.get('no_input_examples_per_s'), '{:,.1f}'), _f(r.get('input_examples_per_s'), '{:,.0f}'))
+                    for r in rows])
 
 
 def _f(v, p='{:.3f}'):
@@ -707,27 +706,29 @@ def _f(v, p='{:.3f}'):
   return '' if v is None else p.format(v)
 
 
+def _markdown(columns, rows) -> str:
+  """A markdown table: the header row, its separator (one per column), then one line per row of cells."""
+  line = lambda cells: '| ' + ' | '.join(map(str, cells)) + ' |'
+  return '\n'.join([line(columns), '|' + '---|' * len(columns)] + [line(cells) for cells in rows])
+
+
 def table(rows) -> str:
-  out = ['| model | batch | shape | dtype | ftjax step (s) | torch step (s) | ftjax / torch | ex/s | tokens/s | '
-         'compile (s) | TFLOP/s | MFU | input ex/s | input / step |', '|' + '---|' * 14]
-  for r in rows:
-    out.append(f'| {_name(r)} | {r["batch"]} | {r["shape"]} | {r["dtype"]} | {_f(r["ftjax_step_s"])} | '
-               f'{_f(r["torch_step_s"])} | {_f(r["ratio"], "{:.2f}x")} | {_f(r["examples_per_s"], "{:.1f}")} | '
-               f'{_f(r["tokens_per_s"], "{:,.0f}")} | {_f(r["compile_s"], "{:.1f}")} | {_f(r["achieved_tflops"])} | '
-               f'{_f(r["mfu"], "{:.1%}")} | {_f(r.get("input_examples_per_s"), "{:,.0f}")} | '
-               f'{_f(r.get("input_over_step"), "{:.1f}x")} |')
-  return '\n'.join(out)
+  return _markdown(('model', 'batch', 'shape', 'dtype', 'ftjax step (s)', 'torch step (s)', 'ftjax / torch', 'ex/s',
+                    'tokens/s', 'compile (s)', 'TFLOP/s', 'MFU', 'input ex/s', 'input / step'),
+                   [(_name(r), r['batch'], r['shape'], r['dtype'], _f(r['ftjax_step_s']), _f(r['torch_step_s']),
+                     _f(r['ratio'], '{:.2f}x'), _f(r['examples_per_s'], '{:.1f}'), _f(r['tokens_per_s'], '{:,.0f}'),
+                     _f(r['compile_s'], '{:.1f}'), _f(r['achieved_tflops']), _f(r['mfu'], '{:.1%}'),
+                     _f(r.get('input_examples_per_s'), '{:,.0f}'), _f(r.get('input_over_step'), '{:.1f}x'))
+                    for r in rows])
 
 
 def decode_table(rows) -> str:
-  out = ['| model | params | batch | prompt | new tokens | dtype | cached (s) | full (s) | cached tokens/s | '
-         'full tokens/s | cached ms/token | full ms/token | speed-up |', '|' + '---|' * 13]
-  for r in rows:
-    out.append(f'| {_name(r)} decode | {r["params"] / 1e6:.1f}M | {r["batch"]} | {r["prompt_len"]} | {r["new_tokens"]} | '
-               f'{r["dtype"]} | {_f(r["cached_s"])} | {_f(r["full_s"])} | {_f(r["cached_tokens_per_s"], "{:,.1f}")} | '
-               f'{_f(r["full_tokens_per_s"], "{:,.1f}")} | {_f(r["cached_ms_per_token"], "{:.2f}")} | '
-               f'{_f(r["full_ms_per_token"], "{:.2f}")} | {_f(r["speedup"], "{:.1f}x")} |')
-  return '\n'.join(out)
+  return _markdown(('model', 'params', 'batch', 'prompt', 'new tokens', 'dtype', 'cached (s)', 'full (s)',
+                    'cached tokens/s', 'full tokens/s', 'cached ms/token', 'full ms/token', 'speed-up'),
+                   [(f'{_name(r)} decode', f'{r["params"] / 1e6:.1f}M', r['batch'], r['prompt_len'], r['new_tokens'],
+                     r['dtype'], _f(r['cached_s']), _f(r['full_s']), _f(r['cached_tokens_per_s'], '{:,.1f}'),
+                     _f(r['full_tokens_per_s'], '{:,.1f}'), _f(r['cached_ms_per_token'], '{:.2f}'),
+                     _f(r['full_ms_per_token'], '{:.2f}'), _f(r['speedup'], '{:.1f}x')) for r in rows])
 
 
 def _name(row) -> str:
