@@ -192,12 +192,12 @@ def clear_eval_cache():
   _EVAL_CACHE.clear()
 
 
-def _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok):
+def _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok, bucket):
   """What an evaluation's batches are made from, or None when they may change within the process: only the
   splits of TFDS and synthetic datasets are kept (files on disk can be rewritten), with the tokenizer's content."""
   if not sources.is_fixed(cfg.dataset):
     return None
-  return json.dumps([cfg.to_dict(), split, pp_spec, batch_size, process_index, process_count, classes,
+  return json.dumps([cfg.to_dict(), split, pp_spec, batch_size, bucket, process_index, process_count, classes,
                      hashlib.sha256(tok.to_str().encode()).hexdigest() if tok is not None else ''],
                     sort_keys=True, default=repr)
 
@@ -209,7 +209,7 @@ def eval_batches(cfg, split, pp_spec, batch_size, process_index=0, process_count
   (EVAL_CACHE_BYTES, least recently used first out): a run evaluating every N steps, and the next run on
   the same split (an experiment's seeds and arms), read, decode and tokenise it once."""
   tok = tokenizers.tokenizer(cfg)
-  key = _eval_key(cfg, split, pp_spec, (batch_size, bucket), process_index, process_count, classes, tok)
+  key = _eval_key(cfg, split, pp_spec, batch_size, process_index, process_count, classes, tok, bucket)
   if key in _EVAL_CACHE:
     _EVAL_CACHE.move_to_end(key)
     for batch in _EVAL_CACHE[key]:
@@ -240,8 +240,9 @@ def _read_eval_batches(cfg, split, pp_spec, batch_size, process_index, process_c
   bs = local_batch_size(batch_size, process_count, f'eval batch_size for split {split!r}')
   ds, with_pp = _examples(src, ops.parse(pp_spec, tok=tok), 0, f'dataset {cfg.dataset!r} split {split!r}', classes)
   ds = with_pp(ds)
-  if bucket and len(src) and _token_keys(ds[0]):
-    yield from _bucketed(ds, batch_size, bs, process_index, bucket)
+  keys = _token_keys(ds[0]) if bucket and len(src) else ()
+  if keys:
+    yield from _bucketed(ds, keys, batch_size, bs, process_index, bucket)
     return
   # Process p reads rows [p*bs, (p+1)*bs) of each global batch: the same examples, preprocessing
   # randomness and order as one process would see.
@@ -273,21 +274,25 @@ def _token_keys(ex):
   return tuple(seq) if set(seq) <= set(TOKEN_KEYS) else ()
 
 
-def _bucketed(ds, batch_size, bs, process_index, bucket):
+def _bucketed(ds, keys, batch_size, bs, process_index, bucket):
   """Length bucketing: every process preprocesses the whole split (the same order and widths everywhere),
   sorts it by length (stable: ties keep the split's order) and cuts each global batch's token arrays to
   the next multiple of `bucket` past its longest example, at most the full length. A transformer's
   outputs on the real tokens do not depend on how much right padding follows them (up to float rounding),
   and the tweets of the bundled data average half their 64 tokens."""
   items = [ds[i] for i in range(len(ds))]
-  keys, full = _token_keys(items[0]), len(items[0]['attention_mask'])
+  full = len(items[0]['attention_mask'])
   lengths = np.array([np.flatnonzero(it['attention_mask']).max(initial=0) + 1 for it in items])
   order = np.argsort(lengths, kind='stable')
   for b in range(math.ceil(len(items) / batch_size)):
     rows = order[b * batch_size:(b + 1) * batch_size]
     width = min(full, -(-int(lengths[rows].max()) // bucket) * bucket)
     mine = rows[process_index * bs:(process_index + 1) * bs]
-    cut = [{k: (v[:width] if k in keys else v) for k, v in items[i].items()} for i in mine]
-    batch = _stack(cut, {k: (v[:width] if k in keys else v) for k, v in items[0].items()}, bs)
+    cut = [_cut(items[i], keys, width) for i in mine]
+    batch = _stack(cut, _cut(items[0], keys, width), bs)
     batch['_index'] = np.concatenate([mine, len(items) + np.arange(bs - len(mine))]).astype(np.int32)
     yield batch
+
+
+def _cut(ex, keys, width):
+  return {k: (v[:width] if k in keys else v) for k, v in ex.items()}
