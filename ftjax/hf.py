@@ -81,8 +81,8 @@ def convert_from_hf(state_dict: dict, params: dict, model_state: dict | None = N
   sd = {_strip(k, prefix): v for k, v in state_dict.items()}
   loaded, initialised, out = [], [], []
   for tree in (params, model_state or {}):
-    new = {}
-    flat, groups = _unstack(fam, _flat(tree))
+    new, whole = {}, _flat(tree)
+    flat, groups = _unstack(fam, whole)
     for path, value in flat.items():
       name, layout = fam.hf_name(path)
       key = _strip(name, prefix)
@@ -104,7 +104,7 @@ def convert_from_hf(state_dict: dict, params: dict, model_state: dict | None = N
         raise UserError(f'{source}: the model stacks its layers (model.scan_layers=True), but of '
                         f'{fam.hf_name(layers[0])[0]} and its other layers the checkpoint gives (or init.reinit '
                         f'spares) {sum(given)} of {len(layers)}; load all or none, or set model.scan_layers=False')
-      new[path] = np.stack([new.pop(p) for p in layers]) if all(given) else _flat(tree)[path]
+      new[path] = np.stack([new.pop(p) for p in layers]) if all(given) else whole[path]
     out.append(_unflat(new, tree))
   if not loaded:
     raise UserError(f'{source}: none of its {len(sd)} tensors matches a {model_type} parameter (first: '
