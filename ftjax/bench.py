@@ -94,12 +94,19 @@ def _batch(name, cfg, batch, seq, image, rng):
           'label': rng.integers(0, 1000, batch).astype(np.int32)}
 
 
+def _mesh():
+  """A one-device data mesh: every bench row runs on the first device."""
+  import jax
+  from ftjax import parallel
+  return parallel.make_mesh((1,), ('data',), jax.devices()[:1])
+
+
 def ftjax_step(cfg):
   """(jitted train step with donated state, initial state) on one device."""
   import jax
-  from ftjax import parallel, train
+  from ftjax import train
   from ftjax import state as states
-  mesh = parallel.make_mesh((1,), ('data',), jax.devices()[:1])
+  mesh = _mesh()
   built = train.build_step(cfg, mesh, 1000)
   state, _ = states.start(cfg, built.layout)
   jitted = jax.jit(built.train_step, donate_argnums=0)
@@ -244,8 +251,8 @@ def bench_compile(args) -> list:
   widths and shapes) at each depth, unrolled and with model.scan_layers (one layer traced and compiled
   whatever the depth). No persistent compilation cache: python -m ftjax.bench never turns it on."""
   import jax
-  from ftjax import parallel, train
-  mesh = parallel.make_mesh((1,), ('data',), jax.devices()[:1])
+  from ftjax import train
+  mesh = _mesh()
   rows = []
   for depth in [int(d) for d in args.compile_depths.split(',')]:
     row = {'kind': 'compile', 'name': 'bert_base_mlm', 'layers': depth, 'batch': args.batch, 'shape': f'S={args.seq}'}
@@ -350,12 +357,6 @@ def _seq(cfg) -> int:
   """The tokenize op's max_len in input.pp_train: the sequence both frameworks pad and truncate to."""
   import re
   return int(re.search(r'max_len=(\d+)', cfg.input.pp_train).group(1))
-
-
-def _mesh():
-  import jax
-  from ftjax import parallel
-  return parallel.make_mesh((1,), ('data',), jax.devices()[:1])
 
 
 def _programs(cfg):
