@@ -68,6 +68,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from ftjax import cli
+  cli.tune_malloc()
   _simulated_devices()
   from absl import app
   from ftjax import cli

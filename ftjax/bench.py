@@ -790,7 +790,8 @@ def main(argv=None):
   import jax
   cpu_peak = names and jax.default_backend() == 'cpu'       # decoding alone needs no peak
   peak = args.peak_tflops * 1e12 if args.peak_tflops else (matmul_peak() if cpu_peak else 0.0)
-  head = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})'
+  from ftjax import cli
+  head = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}); malloc: {cli.malloc_setting()}'
   if names:
     head += f'; MFU peak {peak / 1e12:.3f} TFLOP/s' + (' (measured fp32 matmul)' if not args.peak_tflops else '')
   print(head, flush=True)
@@ -826,4 +827,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  from ftjax import cli
+  cli.tune_malloc()
   main()

@@ -60,6 +60,7 @@ def evaluate(config, workdir: str, only: str = '') -> Evaluation:
 
 
 def _main():
+  cli.tune_malloc()
   from absl import app, flags, logging
   cli.define()
   flags.DEFINE_string('only', '', 'comma-separated evaluator names to run (default: all in the config)')

@@ -346,4 +346,5 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
+  cli.tune_malloc()
   sys.exit(main(sys.argv))

@@ -37,6 +37,7 @@ def run_job(config, workdir):
 
 
 def run():
+  cli_flags.tune_malloc()
   app.run(main, flags_parser=cli_flags.parse)
 
 

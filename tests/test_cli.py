@@ -117,3 +117,61 @@ def test_without_torch_the_core_runs_and_what_needs_torch_says_which_extra(tmp_p
   assert r.stderr.strip().splitlines()[-1] == (
       "bench: python -m ftjax.bench (its PyTorch peer; --no_torch times ftjax alone) needs torch, which ftjax's "
       "core install leaves out: pip install 'ftjax[bench]' (from a checkout: pip install -e '.[bench]')")
+
+
+# A process that logs each start, then re-executes itself as every `python -m ftjax.<entry>` does, and prints
+# the minor page faults per call of a jitted function whose 128 MB output is allocated (and freed) anew each call.
+FAULTS = '''
+import os, resource, sys
+open(sys.argv[1], 'a').write('start\\n')
+from ftjax import cli
+cli.tune_malloc()
+import jax, jax.numpy as jnp
+f, x = jax.jit(lambda x: x * 2), jnp.ones(32 * 2 ** 20)
+for _ in range(2):
+  f(x).block_until_ready()
+r = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  f(x).block_until_ready()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r) // 5, os.environ.get('GLIBC_TUNABLES', ''))
+'''
+
+
+def _faults(tmp_path, **env):
+  log = tmp_path / f'starts{len(env)}'
+  p = subprocess.run([sys.executable, '-c', FAULTS, str(log)], capture_output=True, text=True, timeout=120,
+                     env={**main_env(), **env})
+  assert p.returncode == 0, p.stderr[-2000:]
+  faults, _, tunables = p.stdout.strip().splitlines()[-1].partition(' ')
+  return tunables, int(faults), log.read_text().count('start')
+
+
+def test_entry_points_re_execute_once_with_huge_page_malloc_and_stop_faulting_in_every_step(tmp_path):
+  from ftjax import cli
+  env = cli.malloc_env(dict(os.environ, GLIBC_TUNABLES=''))
+  tunables, faults, starts = _faults(tmp_path)
+  untuned, base, base_starts = _faults(tmp_path, FTJAX_MALLOC='system')
+  assert (untuned, base_starts) == ('', 1)
+  assert base > 25_000                              # 128 MB in 4 KiB pages, each call: what the tuning removes
+  if env is None:                                   # no THP or an old glibc here: nothing to gain, no re-exec
+    assert (tunables, starts) == ('', 1)
+  else:
+    assert (tunables, starts) == (cli.MALLOC_TUNABLES, 2)
+    assert faults < base / 20, (faults, base)
+
+
+def test_malloc_env_respects_the_users_tunables_and_opt_out(tmp_path):
+  from ftjax import cli
+  thp = tmp_path / 'thp'
+  thp.write_text('always [madvise] never\n')
+  name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
+  hugetlb = name == 'glibc' and tuple(int(v) for v in version.split('.')[:2]) >= (2, 35)   # the tunable's glibc
+  assert (cli.malloc_env({}, str(thp)) is not None) == hugetlb
+  assert cli.malloc_env({'FTJAX_MALLOC': 'system'}, str(thp)) is None
+  assert cli.malloc_env({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, str(thp)) is None
+  if hugetlb:
+    assert cli.malloc_env({'GLIBC_TUNABLES': 'glibc.rtld.nns=4', 'A': '1'}, str(thp)) == {
+        'GLIBC_TUNABLES': f'glibc.rtld.nns=4:{cli.MALLOC_TUNABLES}', 'A': '1'}
+  thp.write_text('always madvise [never]\n')
+  assert cli.malloc_env({}, str(thp)) is None
+  assert cli.malloc_env({}, str(tmp_path / 'absent')) is None
