@@ -90,10 +90,13 @@ def tune_malloc():
   """Called first by each `python -m ftjax.<entry>`: re-executes the same command line once with
   malloc_env (same PID, open files and arguments). The Python API cannot: export the variable first."""
   env = malloc_env()
-  if env is not None:
+  if env is not None and sys.executable:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+      os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:           # this interpreter cannot be run again: go on as started
+      pass
 
 
 def malloc_setting() -> str:
