@@ -23,6 +23,8 @@ def test_bench_smoke_reports_both_frameworks_and_their_ratio(tmp_path, capsys):
   assert [x['name'] for x in train] == ['bert_base_mlm', 'resnet50', 'gpt2_small']
   for x in train:
     assert x['ftjax_step_s'] > 0 and x['torch_step_s'] > 0
+    assert (x['steps'], x['rounds'], len(x['ftjax_round_s']), len(x['torch_round_s'])) == (2, 1, 1, 1)
+    assert x['ftjax_step_s'] == pytest.approx(x['ftjax_round_s'][0] / 2)
     assert x['ratio'] == pytest.approx(x['ftjax_step_s'] / x['torch_step_s'])
     assert x['flops_per_step'] > 0 and 0 < x['mfu'] < 1
     assert x['examples_per_s'] == pytest.approx(x['batch'] / x['ftjax_step_s'])
