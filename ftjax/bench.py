@@ -205,7 +205,7 @@ def bench_model(name, args, peak):
     for _ in range(n):
       t_step()
   # Rounds of consecutive steps, as training runs, the frameworks in turn (_alternate): strict step-by-step
-  # alternation left each one's freed memory idle for the other's step, which cost ftjax's BERT-base step 25%
+  # alternation left each one's freed memory idle for the other's step, which cost ftjax's BERT-base step 20-35%
   # on the (virtual) development machine with huge pages.
   _, secs, _ = _alternate({'ftjax': ours, 'torch': theirs if t_step else None}, args.steps, args.warmup,
                           args.rounds, args.batch)
