@@ -72,6 +72,5 @@ if __name__ == '__main__':
   cli.tune_malloc()
   _simulated_devices()
   from absl import app
-  from ftjax import cli
   cli.define()
   app.run(main, flags_parser=cli.parse)
