@@ -100,7 +100,7 @@ def tune_malloc():
 
 
 def malloc_setting() -> str:
-  """This process's glibc malloc tunables, for the logs and the bench header."""
+  """This process's glibc malloc tunables, for the bench's first line."""
   return os.environ.get('GLIBC_TUNABLES', '') or 'glibc defaults'
 
 
