@@ -137,8 +137,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r) // 5, os.environ.
 '''
 
 
-def _faults(tmp_path, **env):
-  log = tmp_path / f'starts{len(env)}'
+def _faults(log, **env):
   p = subprocess.run([sys.executable, '-c', FAULTS, str(log)], capture_output=True, text=True, timeout=120,
                      env={**main_env(), **env})
   assert p.returncode == 0, p.stderr[-2000:]
@@ -149,8 +148,8 @@ def _faults(tmp_path, **env):
 def test_entry_points_re_execute_once_with_huge_page_malloc_and_stop_faulting_in_every_step(tmp_path):
   from ftjax import cli
   env = cli.malloc_env(dict(os.environ, GLIBC_TUNABLES=''))
-  tunables, faults, starts = _faults(tmp_path)
-  untuned, base, base_starts = _faults(tmp_path, FTJAX_MALLOC='system')
+  tunables, faults, starts = _faults(tmp_path / 'tuned')
+  untuned, base, base_starts = _faults(tmp_path / 'system', FTJAX_MALLOC='system')
   assert (untuned, base_starts) == ('', 1)
   assert base > 25_000                              # 128 MB in 4 KiB pages, each call: what the tuning removes
   if env is None:                                   # no THP or an old glibc here: nothing to gain, no re-exec
